@@ -1,0 +1,153 @@
+// Package store persists hangar's state: users, API keys, VMs, login
+// sessions, sealed credentials, the durable task queue and the event log.
+//
+// One SQL implementation serves both dialects (SQLite, embedded, the default;
+// Postgres in production). Every not-found and conflict error is mapped in
+// one place (errors.go) to ErrNotFound and ErrConflict, so callers test with
+// errors.Is and never look at driver error codes.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors every Store method maps driver errors onto.
+var (
+	// ErrNotFound means the addressed record does not exist (or is not
+	// visible to the caller that asked for it).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a uniqueness constraint refused the write.
+	ErrConflict = errors.New("conflict")
+)
+
+// Roles a user can have.
+const (
+	RoleAdmin = "admin"
+	RoleUser  = "user"
+)
+
+// User is an account. Every other resource belongs to one.
+type User struct {
+	ID        string
+	Name      string
+	Role      string
+	CreatedAt time.Time
+}
+
+// APIKey is a bearer key. Only the SHA-256 hash of the key is stored; the
+// key itself is shown once, when it is created.
+type APIKey struct {
+	ID        string
+	UserID    string
+	Hash      string // hex SHA-256 of the full key
+	Prefix    string // first characters of the key, safe to show
+	CreatedAt time.Time
+}
+
+// Event is one entry in the append-only event log. IDs increase
+// monotonically, so SSE clients resume with Last-Event-ID.
+type Event struct {
+	ID        int64
+	UserID    string // owner; empty for system events (visible to admins only)
+	Type      string // e.g. "user_created", "vm_ready"
+	Subject   string // id of the resource the event is about
+	Data      []byte // JSON object, never secrets
+	CreatedAt time.Time
+}
+
+// EventFilter selects events. An empty UserID selects every user's events.
+type EventFilter struct {
+	UserID  string
+	AfterID int64
+	Limit   int
+}
+
+// Task states of the durable queue.
+const (
+	TaskPending = "pending"
+	TaskRunning = "running"
+	TaskDone    = "done"
+	TaskDead    = "dead"
+)
+
+// Task is a durable unit of background work (VM cleanup, destruction,
+// hibernation). A claimed task carries a lease; if the process that claimed
+// it dies, the task becomes claimable again when the lease expires.
+type Task struct {
+	ID          int64
+	Kind        string
+	Payload     []byte // JSON
+	State       string
+	Attempts    int // attempts started so far (incremented on claim)
+	MaxAttempts int
+	RunAt       time.Time
+	LeaseOwner  string
+	LeaseUntil  time.Time
+	LastError   string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// VM is the stored record of a virtual machine. Later migrations add columns;
+// Spec and Runtime hold JSON documents owned by the VM manager.
+type VM struct {
+	ID        string
+	OwnerID   string
+	Kind      string // base | cli | browser
+	State     string
+	LastError string
+	Spec      []byte // JSON: vcpus, memory, image id...
+	Runtime   []byte // JSON: pid, sockets, boot phases, to re-attach after restart
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Store is everything hangar persists. All methods take a context first and
+// return ErrNotFound / ErrConflict (wrapped) where those apply.
+type Store interface {
+	// Dialect is "sqlite" or "postgres".
+	Dialect() string
+	Ping(ctx context.Context) error
+	Close() error
+
+	CreateUser(ctx context.Context, u User) error
+	GetUser(ctx context.Context, id string) (User, error)
+	GetUserByName(ctx context.Context, name string) (User, error)
+	ListUsers(ctx context.Context) ([]User, error)
+	// DeleteUser removes the user and, by cascade, everything they own.
+	DeleteUser(ctx context.Context, id string) error
+	CountUsers(ctx context.Context) (int, error)
+
+	CreateAPIKey(ctx context.Context, k APIKey) error
+	// LookupAPIKey finds the key by its hash and returns its user.
+	LookupAPIKey(ctx context.Context, hash string) (APIKey, User, error)
+
+	AppendEvent(ctx context.Context, e Event) (Event, error)
+	ListEvents(ctx context.Context, f EventFilter) ([]Event, error)
+
+	CreateVM(ctx context.Context, v VM) error
+	// GetVM returns the VM; ownerID "" means any owner (admin).
+	GetVM(ctx context.Context, id, ownerID string) (VM, error)
+	// ListVMs lists VMs of ownerID, or of everyone when ownerID is "".
+	ListVMs(ctx context.Context, ownerID string) ([]VM, error)
+	UpdateVM(ctx context.Context, v VM) error
+	DeleteVM(ctx context.Context, id string) error
+
+	// EnqueueTask stores a pending task. Zero RunAt means now; zero
+	// MaxAttempts means the queue default.
+	EnqueueTask(ctx context.Context, t Task) (Task, error)
+	// ClaimTask atomically takes the oldest due task (pending with RunAt <=
+	// now, or running with an expired lease) for owner, holding it for lease.
+	// ok is false when nothing is due.
+	ClaimTask(ctx context.Context, owner string, lease time.Duration) (t Task, ok bool, err error)
+	// CompleteTask marks a task done; it fails with ErrNotFound if owner no
+	// longer holds the lease.
+	CompleteTask(ctx context.Context, id int64, owner string) error
+	// FailTask records an error. The task is retried at retryAt, or is marked
+	// dead once it has used MaxAttempts.
+	FailTask(ctx context.Context, id int64, owner, errMsg string, retryAt time.Time) (Task, error)
+	GetTask(ctx context.Context, id int64) (Task, error)
+	ListTasks(ctx context.Context, state string) ([]Task, error)
+}

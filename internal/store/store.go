@@ -146,8 +146,13 @@ type Store interface {
 	// longer holds the lease.
 	CompleteTask(ctx context.Context, id int64, owner string) error
 	// FailTask records an error. The task is retried at retryAt, or is marked
-	// dead once it has used MaxAttempts.
+	// dead once it has used MaxAttempts. It fails with ErrNotFound if owner
+	// no longer holds the lease.
 	FailTask(ctx context.Context, id int64, owner, errMsg string, retryAt time.Time) (Task, error)
+	// ExtendLease moves the lease of a task owner still holds to now+lease,
+	// for work that runs longer than one lease. ErrNotFound means the lease
+	// was lost (another owner reclaimed the task, or it finished).
+	ExtendLease(ctx context.Context, id int64, owner string, lease time.Duration) error
 	GetTask(ctx context.Context, id int64) (Task, error)
 	ListTasks(ctx context.Context, state string) ([]Task, error)
 }

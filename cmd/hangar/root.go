@@ -27,6 +27,11 @@ func newRootCmd() *cobra.Command {
 	pf.BoolVar(&o.json, "json", false, "print JSON instead of tables")
 
 	root.AddCommand(
+		newServeCmd(o),
+		newMeCmd(o),
+		newUserCmd(o),
+		newEventsCmd(o),
+		newVersionCmd(),
 		newImageCmd(o),
 	)
 	return root

@@ -1,0 +1,197 @@
+// Package config holds hangar's one Config struct and the order it is built
+// in: defaults → optional JSON file → HANGAR_* environment → flags. Validate
+// runs once at start and names the setting that is wrong.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything `hangar serve` can be told.
+type Config struct {
+	// Listen is the API's TCP address.
+	Listen string `json:"listen"`
+	// DataDir holds the SQLite store, admin.key, images, VM disks and logs.
+	DataDir string `json:"data_dir"`
+	// Database is empty for the embedded SQLite store in DataDir, or a
+	// postgres:// URL.
+	Database string `json:"database"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level"`
+	// LogFormat is text or json.
+	LogFormat string `json:"log_format"`
+	// RateLimit is "<requests>/<window>", e.g. "1000/15m", applied per API
+	// key and, for unauthenticated calls, per client address.
+	RateLimit string `json:"rate_limit"`
+	// MaxBodyBytes caps request bodies (file uploads have their own cap).
+	MaxBodyBytes int64 `json:"max_body_bytes"`
+	// ShutdownTimeout bounds how long in-flight requests may take to finish
+	// after SIGTERM.
+	ShutdownTimeout Duration `json:"shutdown_timeout"`
+	// TaskLease is how long a claimed durable task is held before another
+	// worker may take it (when the holder died).
+	TaskLease Duration `json:"task_lease"`
+}
+
+// Default returns the embedded defaults.
+func Default() Config {
+	return Config{
+		Listen:          "127.0.0.1:4000",
+		DataDir:         DefaultDataDir(),
+		LogLevel:        "info",
+		LogFormat:       "text",
+		RateLimit:       "1000/15m",
+		MaxBodyBytes:    1 << 20,
+		ShutdownTimeout: Duration(15 * time.Second),
+		TaskLease:       Duration(30 * time.Second),
+	}
+}
+
+// Duration is a time.Duration written as "15s" in JSON and the environment.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a Go duration string such as "30s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// LoadFile overlays the JSON file at path onto c. Unknown keys are errors,
+// so a misspelt setting is never silently ignored.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// envVars maps each HANGAR_* variable to the setting it overrides.
+var envVars = []struct {
+	name string
+	set  func(c *Config, v string) error
+}{
+	{"HANGAR_LISTEN", func(c *Config, v string) error { c.Listen = v; return nil }},
+	{"HANGAR_DATA_DIR", func(c *Config, v string) error { c.DataDir = v; return nil }},
+	{"HANGAR_DATABASE", func(c *Config, v string) error { c.Database = v; return nil }},
+	{"HANGAR_LOG_LEVEL", func(c *Config, v string) error { c.LogLevel = v; return nil }},
+	{"HANGAR_LOG_FORMAT", func(c *Config, v string) error { c.LogFormat = v; return nil }},
+	{"HANGAR_RATE_LIMIT", func(c *Config, v string) error { c.RateLimit = v; return nil }},
+	{"HANGAR_MAX_BODY_BYTES", func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		c.MaxBodyBytes = n
+		return err
+	}},
+	{"HANGAR_SHUTDOWN_TIMEOUT", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.ShutdownTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_TASK_LEASE", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.TaskLease = Duration(d)
+		return err
+	}},
+}
+
+// LoadEnv overlays HANGAR_* variables from lookup (os.LookupEnv in the
+// daemon, a map in tests).
+func (c *Config) LoadEnv(lookup func(string) (string, bool)) error {
+	for _, e := range envVars {
+		if v, ok := lookup(e.name); ok && v != "" {
+			if err := e.set(c, v); err != nil {
+				return fmt.Errorf("%s=%q: %w", e.name, v, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ParseRateLimit reads "<requests>/<window>".
+func ParseRateLimit(s string) (requests int, window time.Duration, err error) {
+	n, w, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, 0, fmt.Errorf("want <requests>/<window> such as 1000/15m, got %q", s)
+	}
+	requests, err = strconv.Atoi(strings.TrimSpace(n))
+	if err != nil || requests <= 0 {
+		return 0, 0, fmt.Errorf("requests in %q must be a positive integer", s)
+	}
+	window, err = time.ParseDuration(strings.TrimSpace(w))
+	if err != nil || window <= 0 {
+		return 0, 0, fmt.Errorf("window in %q must be a positive duration such as 15m", s)
+	}
+	return requests, window, nil
+}
+
+// Validate checks every setting and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: want host:port such as 127.0.0.1:4000", c.Listen))
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		errs = append(errs, fmt.Errorf("listen %q: port must be 0-65535", c.Listen))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir must not be empty"))
+	}
+	if c.Database != "" && !strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
+		errs = append(errs, fmt.Errorf("database must be empty (embedded SQLite) or a postgres:// URL"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log_format %q: want text or json", c.LogFormat))
+	}
+	if _, _, err := ParseRateLimit(c.RateLimit); err != nil {
+		errs = append(errs, fmt.Errorf("rate_limit: %w", err))
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("shutdown_timeout must be positive"))
+	}
+	if time.Duration(c.TaskLease) < time.Second {
+		errs = append(errs, errors.New("task_lease must be at least 1s"))
+	}
+	return errors.Join(errs...)
+}
+
+// DSN is what the store opens: the Postgres URL, or the SQLite file in the
+// data directory.
+func (c *Config) DSN() string {
+	if c.Database != "" {
+		return c.Database
+	}
+	return c.DataDir + "/hangar.db"
+}

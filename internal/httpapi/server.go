@@ -1,0 +1,340 @@
+// Package httpapi is hangar's HTTP API: routes, authentication, rate limits,
+// request logging and metrics, error mapping, server-sent events.
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hangar-vm/hangar/internal/events"
+	"github.com/hangar-vm/hangar/internal/store"
+	"github.com/hangar-vm/hangar/pkg/api"
+)
+
+// Options configure a Server.
+type Options struct {
+	Store   store.Store
+	Events  *events.Bus
+	Log     *slog.Logger
+	Version string
+	// RateLimit requests per RateWindow, per API key or client address.
+	RateLimit  int
+	RateWindow time.Duration
+	// MaxBodyBytes caps JSON request bodies.
+	MaxBodyBytes int64
+	// Registry receives the HTTP metrics; nil makes a private one with the
+	// Go runtime and process collectors.
+	Registry *prometheus.Registry
+}
+
+// Server serves the API. Build it with New, mount Handler, and call
+// Shutdown-related hooks through Close.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	limiter *limiter
+	reg     *prometheus.Registry
+	mux     *http.ServeMux
+
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+
+	// closing is closed when the daemon begins shutting down, so that
+	// long-lived streams (SSE) end and let in-flight requests drain.
+	closing chan struct{}
+}
+
+// New builds the server and its routes.
+func New(o Options) *Server {
+	reg := o.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s := &Server{
+		opts:    o,
+		log:     o.Log,
+		limiter: newLimiter(o.RateLimit, o.RateWindow),
+		reg:     reg,
+		mux:     http.NewServeMux(),
+		closing: make(chan struct{}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hangar_http_requests_total",
+			Help: "HTTP requests by route pattern, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hangar_http_request_duration_seconds",
+			Help:    "HTTP request latency by route pattern, method and status.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"route", "method", "status"}),
+	}
+	reg.MustRegister(s.requests, s.latency)
+	s.routes()
+	return s
+}
+
+// Registry is where subsystems register their own metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Close ends long-lived streams; call it when shutdown begins.
+func (s *Server) Close() {
+	select {
+	case <-s.closing:
+	default:
+		close(s.closing)
+	}
+}
+
+// access says who may call a route.
+type access int
+
+const (
+	public access = iota // no key needed (health, metrics)
+	authed               // any valid key
+	admin                // a key of an admin user
+)
+
+// handlerFunc is a route's handler: it returns an error rather than writing
+// one, so errors are mapped and logged in one place.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// route is one entry of the routing table.
+type route struct {
+	pattern string // net/http pattern with method, e.g. "GET /api/v1/me"
+	access  access
+	handler handlerFunc
+}
+
+func (s *Server) routes() {
+	table := []route{
+		{"GET /health", public, s.handleHealth},
+		{"GET /metrics", public, s.handleMetrics},
+		{"GET /api/v1/me", authed, s.handleMe},
+		{"GET /api/v1/events", authed, s.handleEvents},
+		{"POST /api/v1/users", admin, s.handleCreateUser},
+		{"GET /api/v1/users", admin, s.handleListUsers},
+		{"DELETE /api/v1/users/{id}", admin, s.handleDeleteUser},
+	}
+	for _, rt := range table {
+		s.Handle(rt.pattern, rt.access, rt.handler)
+	}
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
+	})
+}
+
+// Handle mounts h at pattern behind the middleware chain: request id,
+// logging, metrics, authentication, rate limiting, body limit. Other
+// packages (VMs, logins) mount their routes through it.
+func (s *Server) Handle(pattern string, acc access, h handlerFunc) {
+	_, path, _ := strings.Cut(pattern, " ")
+	s.mux.Handle(pattern, s.wrap(pattern, path, acc, h))
+}
+
+// Handler is the root http.Handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+type ctxKey int
+
+const (
+	ctxUser ctxKey = iota
+	ctxLog
+)
+
+// userFrom returns the authenticated caller.
+func userFrom(ctx context.Context) store.User {
+	u, _ := ctx.Value(ctxUser).(store.User)
+	return u
+}
+
+// logFrom returns the request-scoped logger (it carries request_id).
+func logFrom(ctx context.Context, fallback *slog.Logger) *slog.Logger {
+	if l, ok := ctx.Value(ctxLog).(*slog.Logger); ok {
+		return l
+	}
+	return fallback
+}
+
+// statusWriter remembers the status for logs and metrics, and passes
+// Flush through for SSE.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer (hijacking for
+// websockets, deadlines for long streams).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (s *Server) wrap(route, path string, acc access, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		reqID := r.Header.Get("X-Request-Id")
+		if !validRequestID(reqID) {
+			reqID = newRequestID()
+		}
+		rw.Header().Set("X-Request-Id", reqID)
+		log := s.log.With("request_id", reqID)
+		w := &statusWriter{ResponseWriter: rw}
+		ctx := context.WithValue(r.Context(), ctxLog, log)
+		r = r.WithContext(ctx)
+
+		err := s.authorize(w, r, acc, &r)
+		if err == nil {
+			r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+			err = h(w, r)
+		}
+		if err != nil {
+			ae := toAPIError(err)
+			if ae.status >= 500 {
+				log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			if w.status == 0 {
+				writeError(w, ae)
+			}
+		}
+		status := w.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		d := time.Since(start)
+		st := strconv.Itoa(status)
+		s.requests.WithLabelValues(path, r.Method, st).Inc()
+		s.latency.WithLabelValues(path, r.Method, st).Observe(d.Seconds())
+		u := userFrom(r.Context())
+		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", status,
+			"duration_ms", d.Milliseconds(), "user_id", u.ID, "remote", clientAddr(r))
+	})
+}
+
+// authorize authenticates the bearer key (when the route needs one), applies
+// the rate limit, and checks the role. On success *rp carries the user.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, rp **http.Request) error {
+	if acc == public {
+		// Health and metrics are probes; limiting them would make a busy
+		// monitor look like an outage.
+		return nil
+	}
+	key, hasKey := bearer(r)
+	var user store.User
+	var authErr error
+	if !hasKey {
+		authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "missing API key: send Authorization: Bearer <key>")
+	} else {
+		_, u, err := s.opts.Store.LookupAPIKey(r.Context(), HashKey(key))
+		switch {
+		case err == nil:
+			user = u
+		case isNotFound(err):
+			authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "invalid API key")
+		default:
+			return err
+		}
+	}
+	// Authenticated callers are limited per key (user); everyone else per
+	// address, so guessing keys is limited too.
+	limitKey := "addr:" + clientAddr(r)
+	if authErr == nil {
+		limitKey = "user:" + user.ID
+	}
+	if ok, retry := s.limiter.allow(limitKey); !ok {
+		secs := int(retry.Seconds() + 0.999)
+		if secs < 1 {
+			secs = 1
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+	}
+	if authErr != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="hangar"`)
+		return authErr
+	}
+	if acc == admin && user.Role != store.RoleAdmin {
+		return errorf(http.StatusForbidden, api.CodeForbidden, "this needs an admin key")
+	}
+	ctx := context.WithValue(r.Context(), ctxUser, user)
+	ctx = context.WithValue(ctx, ctxLog, logFrom(ctx, s.log).With("user_id", user.ID))
+	*rp = r.WithContext(ctx)
+	return nil
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, key, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(key) == "" {
+		return "", false
+	}
+	return strings.TrimSpace(key), true
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	if err := s.opts.Store.Ping(r.Context()); err != nil {
+		logFrom(r.Context(), s.log).Error("health: store unreachable", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, api.Health{Status: "store unreachable", Version: s.opts.Version, Store: s.opts.Store.Dialect()})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, api.Health{Status: "ok", Version: s.opts.Version, Store: s.opts.Store.Dialect()})
+	return nil
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
+	promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	return nil
+}

@@ -1,0 +1,111 @@
+// Package testutil holds helpers shared by tests that use real parts:
+// throwaway Postgres databases and loggers that write to the test log.
+package testutil
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+)
+
+// InCI reports whether the tests run under CI, where a missing real part
+// (Postgres, QEMU, images) is a failure, not a skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Require skips the test with reason, or fails it under CI.
+func Require(t testing.TB, ok bool, reason string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if InCI() {
+		t.Fatalf("required under CI: %s", reason)
+	}
+	t.Skip("skipping: " + reason)
+}
+
+// PostgresAdminURL returns HANGAR_TEST_POSTGRES, skipping (or failing under
+// CI) when it is unset.
+func PostgresAdminURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("HANGAR_TEST_POSTGRES")
+	Require(t, u != "", "HANGAR_TEST_POSTGRES is not set (e.g. postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable); `make test` sets it")
+	return u
+}
+
+// PostgresDSN creates a fresh database for this test alone and drops it when
+// the test ends.
+func PostgresDSN(t testing.TB) string {
+	t.Helper()
+	admin := PostgresAdminURL(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "hangar_test_" + hex.EncodeToString(b[:])
+	exec := func(q string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		db, err := sql.Open("pgx", admin)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		_, err = db.ExecContext(ctx, q)
+		return err
+	}
+	if err := exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create test database: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
+			t.Errorf("drop test database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("parse HANGAR_TEST_POSTGRES: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// Logger writes slog records to the test's log, shown with -v or on failure.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(NewWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// NewWriter returns a Writer into t's log.
+func NewWriter(t testing.TB) *Writer {
+	w := &Writer{T: t}
+	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
+	return w
+}
+
+// Writer is an io.Writer into t.Log that stops writing once the test has
+// ended (late goroutines must not panic the test binary). Make it with
+// NewWriter.
+type Writer struct {
+	T testing.TB
+
+	mu   sync.Mutex // guards done
+	done bool
+}
+
+// Write logs p, trimmed of its trailing newline.
+func (w *Writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.T.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}

@@ -165,7 +165,7 @@ func TestBadInput(t *testing.T) {
 		u := e.url + "/api/v1/users"
 		cases := []struct {
 			name, body, want string
-			status          int
+			status           int
 		}{
 			{"unknown field", `{"name":"bob","colour":"red"}`, `"colour"`, 400},
 			{"malformed", `{"name":`, "malformed", 400},

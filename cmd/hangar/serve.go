@@ -73,6 +73,7 @@ On first start the daemon creates an admin user and writes its API key to
 			if err != nil {
 				return err
 			}
+			d.Banner = cmd.ErrOrStderr()
 			return d.Serve(ctx)
 		},
 	}

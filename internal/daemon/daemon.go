@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -47,6 +48,10 @@ type Daemon struct {
 	srv     *http.Server
 	ln      net.Listener
 	closers []closer // run in reverse order by Shutdown
+
+	// Banner, when set, receives a short human greeting once the API
+	// listens: where it is and where the admin key is.
+	Banner io.Writer
 
 	bg     sync.WaitGroup // background goroutines
 	cancel context.CancelFunc
@@ -170,6 +175,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
 	d.log.Info("hangar is serving", "url", "http://"+d.ln.Addr().String(), "version", Version, "store", d.store.Dialect())
+	if d.Banner != nil {
+		fmt.Fprintf(d.Banner, "\nhangar %s is serving at http://%s\n  store: %s\n  admin API key: %s\n  try: hangar me   (reads that key)\n\n",
+			Version, d.ln.Addr(), d.store.Dialect(), filepath.Join(d.cfg.DataDir, AdminKeyFile))
+	}
 
 	var serveErr error
 	select {

@@ -258,9 +258,9 @@ func (s *Server) wrap(route, path string, acc access, h handlerFunc) http.Handle
 		st := strconv.Itoa(status)
 		s.requests.WithLabelValues(path, r.Method, st).Inc()
 		s.latency.WithLabelValues(path, r.Method, st).Observe(d.Seconds())
-		u := userFrom(r.Context())
-		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", status,
-			"duration_ms", d.Milliseconds(), "user_id", u.ID, "remote", clientAddr(r))
+		// The request-scoped logger carries user_id once authenticated.
+		logFrom(r.Context(), log).Info("request", "method", r.Method, "path", r.URL.Path, "status", status,
+			"duration_ms", d.Milliseconds(), "remote", clientAddr(r))
 	})
 }
 

@@ -1,0 +1,66 @@
+# hangar — the two commands: `make run` and `make test` (see README.md).
+#
+# Heavy artifacts (kernel, root filesystems) are cached outside the clone in
+# $(DATA_DIR)/images, keyed by the hash of their inputs, so a second run is
+# fast. Every stage prints how long it took; `make test` ends with a table.
+
+SHELL      := /bin/bash
+GO         ?= go
+DATA_DIR   ?= $(shell if [ "$$(id -u)" = 0 ]; then echo /var/lib/hangar; else echo $$HOME/.local/share/hangar; fi)
+VERSION    ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -s -w -X github.com/hangar-vm/hangar/internal/daemon.Version=$(VERSION)
+STAGE      := ./scripts/stage.sh
+# Packages whose tests exercise concurrency run under the race detector.
+RACE_PKGS  := ./internal/tasks/... ./internal/events/... ./internal/agent/... ./internal/agentlink/...
+TEST_TIMEOUT ?= 50m
+
+export HANGAR_STAGE_LOG ?= $(CURDIR)/.stages.log
+
+.PHONY: run test deps test-deps build images vet unit bench clean stage-summary
+
+## run: install what is missing, build, build the guest images, start the daemon
+run: deps build images
+	@echo
+	@echo "Starting hangar on the embedded defaults (data dir $(DATA_DIR))."
+	@echo "The API answers at http://127.0.0.1:4000; the admin API key is in $(DATA_DIR)/admin.key."
+	@echo "Try, in another terminal:  bin/hangar me   |   bin/hangar doctor"
+	@echo
+	exec bin/hangar serve --data-dir $(DATA_DIR)
+
+## test: the whole suite (installs and starts what the tests need)
+test:
+	@rm -f $(HANGAR_STAGE_LOG)
+	@$(MAKE) --no-print-directory test-stages; rc=$$?; $(MAKE) --no-print-directory stage-summary; exit $$rc
+
+test-stages: test-deps build images vet
+	@export HANGAR_TEST_POSTGRES=$$(./scripts/test-postgres.sh | tail -n1) && \
+	  echo "Postgres for tests: $$HANGAR_TEST_POSTGRES" && \
+	  export CI=$${CI:-false} HANGAR_DATA_DIR=$(DATA_DIR) && \
+	  $(STAGE) "go test" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./... 2>&1 | ./scripts/test-report.sh && \
+	  $(STAGE) "go test -race" $(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
+
+stage-summary:
+	@if [ -f $(HANGAR_STAGE_LOG) ]; then echo; echo "Stage times:"; cat $(HANGAR_STAGE_LOG); fi
+
+deps:
+	@$(STAGE) deps ./scripts/deps.sh
+
+test-deps:
+	@$(STAGE) "deps (test)" ./scripts/deps.sh test
+	@$(STAGE) postgres ./scripts/test-postgres.sh
+
+build:
+	@$(STAGE) build sh -c '$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/hangar ./cmd/hangar && \
+	  CGO_ENABLED=0 GOAMD64=v1 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/hangar-agent ./cmd/hangar-agent'
+
+images: build
+	@$(STAGE) images bin/hangar image build --all --data-dir $(DATA_DIR)
+
+vet:
+	@$(STAGE) vet $(GO) vet ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+clean:
+	rm -rf bin .stages.log

@@ -104,6 +104,50 @@ type VM struct {
 	UpdatedAt time.Time
 }
 
+// Login session states. The login package owns the transitions; the store
+// only keeps the current one.
+const (
+	AuthPending   = "pending"   // VM starting, CLI login not yet begun
+	AuthWaiting   = "waiting"   // the user is completing the login in the live view
+	AuthSucceeded = "succeeded" // credential captured and sealed
+	AuthFailed    = "failed"
+	AuthCancelled = "cancelled"
+	AuthExpired   = "expired"
+)
+
+// AuthSession is one browser-login attempt: a throwaway VM that drives a
+// provider's CLI login for its owner. Error never holds secrets.
+type AuthSession struct {
+	ID         string
+	OwnerID    string
+	Provider   string // codex | claude | gemini | dev
+	Mode       string // browser (live view); later e.g. device-code
+	State      string
+	Error      string
+	VMID       string // the login VM while it exists; "" once destroyed
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	ExpiresAt  time.Time // zero: no deadline
+	FinishedAt time.Time // zero while the session is live
+}
+
+// Credential is a user's sealed credential for one provider. The store
+// never sees plaintext: Nonce and Ciphertext come from the seal package,
+// which binds OwnerID, Provider and Version into the AEAD additional data.
+type Credential struct {
+	ID          string
+	OwnerID     string
+	Provider    string
+	Version     int64 // record version; 1 for the first write, +1 on each rewrite
+	KeyVersion  int   // which key-encryption key sealed it
+	Nonce       []byte
+	Ciphertext  []byte
+	Metadata    []byte // JSON: account email, plan, file list... never secrets
+	CapturedAt  time.Time
+	ValidatedAt time.Time // zero: never validated
+	UpdatedAt   time.Time
+}
+
 // Store is everything hangar persists. All methods take a context first and
 // return ErrNotFound / ErrConflict (wrapped) where those apply.
 type Store interface {
@@ -155,4 +199,28 @@ type Store interface {
 	ExtendLease(ctx context.Context, id int64, owner string, lease time.Duration) error
 	GetTask(ctx context.Context, id int64) (Task, error)
 	ListTasks(ctx context.Context, state string) ([]Task, error)
+
+	CreateAuthSession(ctx context.Context, a AuthSession) error
+	// GetAuthSession returns the session; ownerID "" means any owner.
+	GetAuthSession(ctx context.Context, id, ownerID string) (AuthSession, error)
+	// ListAuthSessions lists ownerID's sessions, or everyone's for "",
+	// oldest first.
+	ListAuthSessions(ctx context.Context, ownerID string) ([]AuthSession, error)
+	// UpdateAuthSession writes State, Error, VMID, ExpiresAt and FinishedAt
+	// and sets UpdatedAt to now.
+	UpdateAuthSession(ctx context.Context, a AuthSession) error
+
+	// PutCredential stores a sealed credential with optimistic concurrency:
+	// c.Version 1 creates the record (ErrConflict if one exists); c.Version
+	// n > 1 replaces version n-1 (ErrConflict if the stored version is not
+	// n-1, ErrNotFound if there is none). It returns the stored record.
+	PutCredential(ctx context.Context, c Credential) (Credential, error)
+	GetCredential(ctx context.Context, ownerID, provider string) (Credential, error)
+	// ListCredentials lists ownerID's credentials, or all for "" (key
+	// rotation walks them all).
+	ListCredentials(ctx context.Context, ownerID string) ([]Credential, error)
+	// MarkCredentialValidated records a successful validation without
+	// touching the sealed data or its version.
+	MarkCredentialValidated(ctx context.Context, ownerID, provider string, at time.Time) error
+	DeleteCredential(ctx context.Context, ownerID, provider string) error
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
@@ -39,6 +40,22 @@ func notFound(what string) error {
 // this one place.
 func toAPIError(err error) *apiError {
 	var ae *apiError
+	if e, ok := errs.As(err); ok {
+		switch e.Kind {
+		case errs.Invalid:
+			return &apiError{http.StatusBadRequest, api.CodeBadRequest, e.Msg}
+		case errs.NotFound:
+			return &apiError{http.StatusNotFound, api.CodeNotFound, e.Msg}
+		case errs.Conflict:
+			return &apiError{http.StatusConflict, api.CodeConflict, e.Msg}
+		case errs.Quota:
+			return &apiError{http.StatusTooManyRequests, api.CodeQuotaExceeded, e.Msg}
+		case errs.Unavailable:
+			return &apiError{http.StatusServiceUnavailable, api.CodeUnavailable, e.Msg}
+		case errs.TooLarge:
+			return &apiError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, e.Msg}
+		}
+	}
 	switch {
 	case errors.As(err, &ae):
 		return ae

@@ -127,19 +127,21 @@ func (s *Server) routes() {
 		{"DELETE /api/v1/users/{id}", admin, s.handleDeleteUser},
 	}
 	for _, rt := range table {
-		s.Handle(rt.pattern, rt.access, rt.handler)
+		s.handle(rt)
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
 	})
 }
 
-// Handle mounts h at pattern behind the middleware chain: request id,
-// logging, metrics, authentication, rate limiting, body limit. Other
-// packages (VMs, logins) mount their routes through it.
-func (s *Server) Handle(pattern string, acc access, h handlerFunc) {
-	_, path, _ := strings.Cut(pattern, " ")
-	s.mux.Handle(pattern, s.wrap(pattern, path, acc, h))
+// handle mounts a route behind the middleware chain: request id, logging,
+// metrics, authentication, rate limiting, body limit.
+func (s *Server) handle(rt route) { s.handleLimit(rt, s.opts.MaxBodyBytes) }
+
+// handleLimit is handle with its own request body limit (uploads).
+func (s *Server) handleLimit(rt route, maxBody int64) {
+	_, path, _ := strings.Cut(rt.pattern, " ")
+	s.mux.Handle(rt.pattern, s.wrap(path, rt.access, maxBody, rt.handler))
 }
 
 // Handler is the root http.Handler.
@@ -223,7 +225,7 @@ func clientAddr(r *http.Request) string {
 	return host
 }
 
-func (s *Server) wrap(route, path string, acc access, h handlerFunc) http.Handler {
+func (s *Server) wrap(path string, acc access, maxBody int64, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		reqID := r.Header.Get("X-Request-Id")
@@ -238,7 +240,7 @@ func (s *Server) wrap(route, path string, acc access, h handlerFunc) http.Handle
 
 		err := s.authorize(w, r, acc, &r)
 		if err == nil {
-			r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 			err = h(w, r)
 		}
 		if err != nil {

@@ -1,0 +1,97 @@
+package api
+
+import "time"
+
+// VM kinds.
+const (
+	KindBase    = "base"
+	KindCLI     = "cli"
+	KindBrowser = "browser"
+)
+
+// VM states. creating → booting → ready → stopping → stopped, plus failed
+// (with LastError) and destroyed.
+const (
+	VMCreating  = "creating"
+	VMBooting   = "booting"
+	VMReady     = "ready"
+	VMStopping  = "stopping"
+	VMStopped   = "stopped"
+	VMFailed    = "failed"
+	VMDestroyed = "destroyed"
+)
+
+// CreateVMRequest is the body of POST /api/v1/vms.
+type CreateVMRequest struct {
+	Kind      string `json:"kind"`
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+}
+
+// BootPhases are the durations of one boot, in milliseconds, each measured
+// from the previous phase's end: spawning the hypervisor, the kernel until
+// the agent (PID 1) started, the agent until the host's link was up, and the
+// image's required services until ready.
+type BootPhases struct {
+	SpawnMS         int64 `json:"spawn_ms"`
+	KernelMS        int64 `json:"kernel_ms"`
+	AgentUpMS       int64 `json:"agent_up_ms"`
+	ServicesReadyMS int64 `json:"services_ready_ms"`
+	TotalMS         int64 `json:"total_ms"`
+}
+
+// ServiceStatus is one supervised service inside a VM.
+type ServiceStatus struct {
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Restarts int    `json:"restarts"`
+	PID      int    `json:"pid,omitempty"`
+	Required bool   `json:"required"`
+	Error    string `json:"error,omitempty"`
+}
+
+// VM is a virtual machine as the API shows it.
+type VM struct {
+	ID            string          `json:"id"`
+	OwnerID       string          `json:"owner_id"`
+	Kind          string          `json:"kind"`
+	State         string          `json:"state"`
+	LastError     string          `json:"last_error,omitempty"`
+	VCPUs         int             `json:"vcpus"`
+	MemoryMiB     int             `json:"memory_mib"`
+	Hypervisor    string          `json:"hypervisor,omitempty"`
+	Acceleration  string          `json:"acceleration,omitempty"`
+	ImageID       string          `json:"image_id,omitempty"`
+	KernelVersion string          `json:"kernel_version,omitempty"`
+	BootPhases    *BootPhases     `json:"boot_phases,omitempty"`
+	Services      []ServiceStatus `json:"services,omitempty"`
+	CreatedAt     time.Time       `json:"created_at"`
+	UpdatedAt     time.Time       `json:"updated_at"`
+}
+
+// ExecRequest is the body of POST /api/v1/vms/{id}/exec.
+type ExecRequest struct {
+	Argv     []string          `json:"argv"`
+	Stdin    string            `json:"stdin,omitempty"`
+	Env      map[string]string `json:"env,omitempty"`
+	Cwd      string            `json:"cwd,omitempty"`
+	User     string            `json:"user,omitempty"`
+	TimeoutS int               `json:"timeout_s,omitempty"`
+}
+
+// ExecResponse is the answer of a non-streaming exec.
+type ExecResponse struct {
+	ExitCode   int    `json:"exit_code"`
+	Stdout     string `json:"stdout"`
+	Stderr     string `json:"stderr"`
+	DurationMS int64  `json:"duration_ms"`
+}
+
+// ExecFrame is one line of a streaming exec (?stream=1, NDJSON): output
+// chunks as they come, then one frame with ExitCode set (or Error).
+type ExecFrame struct {
+	Stream   string `json:"stream,omitempty"` // stdout | stderr
+	Data     string `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Error    string `json:"error,omitempty"`
+}

@@ -143,10 +143,11 @@ func (c *Client) Exec(ctx context.Context, req proto.ExecRequest, stdin io.Reade
 		}()
 	}
 	st, err := s.Wait(stdout, stderr)
+	if ctx.Err() != nil {
+		// The agent killed the command because the stream was closed.
+		return -1, fmt.Errorf("agent exec: %w", ctx.Err())
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("agent exec: %w", ctx.Err())
-		}
 		return -1, err
 	}
 	if st.Error != "" {

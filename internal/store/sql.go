@@ -376,6 +376,18 @@ func (s *sqlStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, erro
 	return collect(rows, "list events", scanEvent)
 }
 
+func (s *sqlStore) DeleteEventsBefore(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM events WHERE created_at < ?`), s.ts(before))
+	if err != nil {
+		return 0, mapErr("delete events", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, mapErr("delete events", err)
+	}
+	return n, nil
+}
+
 // ---- VMs ----
 
 const vmCols = "id, owner_id, kind, state, last_error, spec, runtime, created_at, updated_at"
@@ -432,12 +444,9 @@ func (s *sqlStore) ListVMs(ctx context.Context, ownerID string) ([]VM, error) {
 }
 
 // UpdateVM writes the mutable fields (kind, state, last error, spec,
-// runtime) and sets UpdatedAt to now unless the caller set a later one.
+// runtime) and sets UpdatedAt to now.
 func (s *sqlStore) UpdateVM(ctx context.Context, v VM) error {
 	updated := s.clock()
-	if v.UpdatedAt.After(updated) {
-		updated = v.UpdatedAt
-	}
 	res, err := s.db.ExecContext(ctx, s.q(`UPDATE vms SET kind = ?, state = ?, last_error = ?, spec = ?, runtime = ?, updated_at = ? WHERE id = ?`),
 		v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime), s.ts(updated), v.ID)
 	return affected("update vm "+v.ID, res, err)

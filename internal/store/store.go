@@ -176,6 +176,8 @@ type Store interface {
 	GetVM(ctx context.Context, id, ownerID string) (VM, error)
 	// ListVMs lists VMs of ownerID, or of everyone when ownerID is "".
 	ListVMs(ctx context.Context, ownerID string) ([]VM, error)
+	// UpdateVM writes Kind, State, LastError, Spec and Runtime of v.ID and
+	// sets UpdatedAt to now.
 	UpdateVM(ctx context.Context, v VM) error
 	DeleteVM(ctx context.Context, id string) error
 
@@ -199,6 +201,14 @@ type Store interface {
 	ExtendLease(ctx context.Context, id int64, owner string, lease time.Duration) error
 	GetTask(ctx context.Context, id int64) (Task, error)
 	ListTasks(ctx context.Context, state string) ([]Task, error)
+	// DeleteFinishedTasks removes done and dead tasks last updated before
+	// before, so the queue table does not grow forever. It returns how many
+	// it removed.
+	DeleteFinishedTasks(ctx context.Context, before time.Time) (int64, error)
+	// DeleteEventsBefore removes events created before before and returns
+	// how many it removed. Ids are never reused, so SSE resumption stays
+	// correct (a client that was further behind just misses pruned events).
+	DeleteEventsBefore(ctx context.Context, before time.Time) (int64, error)
 
 	CreateAuthSession(ctx context.Context, a AuthSession) error
 	// GetAuthSession returns the session; ownerID "" means any owner.

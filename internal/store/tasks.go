@@ -178,3 +178,16 @@ func (s *sqlStore) ListTasks(ctx context.Context, state string) ([]Task, error) 
 	}
 	return collect(rows, "list tasks", scanTask)
 }
+
+func (s *sqlStore) DeleteFinishedTasks(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM tasks WHERE state IN (?, ?) AND updated_at < ?`),
+		TaskDone, TaskDead, s.ts(before))
+	if err != nil {
+		return 0, mapErr("delete finished tasks", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, mapErr("delete finished tasks", err)
+	}
+	return n, nil
+}

@@ -297,3 +297,56 @@ func testConcurrentClaimers(t *testing.T, s Store, dsn string) {
 		t.Fatalf("%d tasks done, want %d", len(done), tasks)
 	}
 }
+
+func TestPruning(t *testing.T) {
+	forEachBackend(t, []storeCase{{"finished_tasks_and_old_events", testPruning}})
+}
+
+func testPruning(t *testing.T, s Store, _ string) {
+	ctx := t.Context()
+	// Four tasks: one to complete, one to fail for good, one to hold
+	// claimed, one never claimed.
+	for _, kind := range []string{"complete", "fail", "hold", "untouched"} {
+		_, err := s.EnqueueTask(ctx, Task{Kind: kind, MaxAttempts: 1})
+		must(t, err, "enqueue %s", kind)
+	}
+	for range 3 { // claims the first three, in enqueue order
+		task := claimOne(t, s, "w", time.Minute)
+		switch task.Kind {
+		case "complete":
+			must(t, s.CompleteTask(ctx, task.ID, "w"), "complete")
+		case "fail":
+			_, err := s.FailTask(ctx, task.ID, "w", "boom", time.Now())
+			must(t, err, "fail")
+		}
+	}
+	n, err := s.DeleteFinishedTasks(ctx, time.Now().Add(-time.Hour))
+	must(t, err, "prune with an old cutoff")
+	if n != 0 {
+		t.Fatalf("pruned %d tasks finished within the last hour", n)
+	}
+	n, err = s.DeleteFinishedTasks(ctx, time.Now().Add(time.Second))
+	must(t, err, "prune")
+	if n != 2 {
+		t.Fatalf("pruned %d tasks, want the done and the dead one", n)
+	}
+	left, err := s.ListTasks(ctx, "")
+	must(t, err, "list")
+	if len(left) != 2 || left[0].Kind != "hold" || left[0].State != TaskRunning ||
+		left[1].Kind != "untouched" || left[1].State != TaskPending {
+		t.Fatalf("tasks left = %+v", left)
+	}
+
+	old := time.Now().Add(-48 * time.Hour)
+	_, err = s.AppendEvent(ctx, Event{Type: "old", CreatedAt: old})
+	must(t, err, "append old")
+	recent, err := s.AppendEvent(ctx, Event{Type: "recent"})
+	must(t, err, "append recent")
+	n, err = s.DeleteEventsBefore(ctx, time.Now().Add(-24*time.Hour))
+	must(t, err, "prune events")
+	evs, err := s.ListEvents(ctx, EventFilter{})
+	must(t, err, "list events")
+	if n != 1 || len(evs) != 1 || evs[0].ID != recent.ID {
+		t.Fatalf("pruned %d events, left %+v", n, evs)
+	}
+}

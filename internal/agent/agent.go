@@ -131,7 +131,10 @@ func (a *Agent) Done() <-chan struct{} { return a.done }
 // Run starts the reaper and the services and blocks until ctx ends or a
 // shutdown completes; on ctx end it stops the services.
 func (a *Agent) Run(ctx context.Context) error {
-	go a.procs.run(ctx)
+	// The reaper outlives ctx: stopping the services needs their exit statuses.
+	reapCtx, stopReaper := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReaper()
+	go a.procs.run(reapCtx)
 	a.sup.start(ctx)
 	a.log.Info("agent started", "version", a.cfg.Version, "pid1", a.cfg.PID1, "services", len(a.cfg.Services))
 	select {

@@ -35,6 +35,10 @@ type SupervisorConfig struct {
 	StopTimeout time.Duration
 	// KeepLines is how many output lines a failed service keeps in its status (default 20).
 	KeepLines int
+	// Settle is how long a service without a readiness check must stay up
+	// to count as ready (default 500ms): one that dies at once must not
+	// make the VM ready.
+	Settle time.Duration
 }
 
 func (c *SupervisorConfig) defaults() {
@@ -58,6 +62,9 @@ func (c *SupervisorConfig) defaults() {
 	}
 	if c.KeepLines <= 0 {
 		c.KeepLines = 20
+	}
+	if c.Settle <= 0 {
+		c.Settle = 500 * time.Millisecond
 	}
 }
 
@@ -398,6 +405,13 @@ func (s *supervisor) runOnce(ctx context.Context, svc *service) (unix.WaitStatus
 
 func (s *supervisor) awaitReady(ctx context.Context, svc *service, pid int) {
 	check := svc.spec.Ready
+	if check == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.cfg.Settle):
+		}
+	}
 	for {
 		if check == nil || s.checkOnce(ctx, check) {
 			s.mu.Lock()

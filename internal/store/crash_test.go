@@ -22,13 +22,21 @@ const (
 	crashLease   = 2 * time.Second
 )
 
-// TestHelperProcess is the child of TestTaskCrashRecovery: it opens the
-// store, claims the one due task with a 2 s lease, reports it on stdout and
-// then hangs, holding the lease, until the parent SIGKILLs it.
-func TestHelperProcess(t *testing.T) {
-	if os.Getenv(helperEnv) != "claim" {
-		t.Skip("helper for TestTaskCrashRecovery; runs only when that test re-executes the binary")
+// TestMain turns the test binary into the crash test's child process when
+// TestTaskCrashRecovery re-executes it with helperEnv set (a TestMain rather
+// than a helper test, so normal runs carry no always-skipped test).
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "claim" {
+		claimAndHang()
+		return
 	}
+	os.Exit(m.Run())
+}
+
+// claimAndHang is the child of TestTaskCrashRecovery: it opens the store,
+// claims the one due task with a 2 s lease, reports it on stdout and then
+// hangs, holding the lease, until the parent SIGKILLs it.
+func claimAndHang() {
 	ctx := context.Background()
 	s, err := Open(ctx, os.Getenv(helperDSNEnv), nil)
 	if err != nil {
@@ -52,9 +60,6 @@ func TestHelperProcess(t *testing.T) {
 // exactly one claimer gets it (its second attempt), completes it, and the
 // queue is empty. The dead process's owner can no longer complete it.
 func TestTaskCrashRecovery(t *testing.T) {
-	if os.Getenv(helperEnv) != "" {
-		t.Skip("running as a helper child")
-	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			dsn := b.newDSN(t)
@@ -71,7 +76,8 @@ func testCrashRecovery(t *testing.T, dsn string) {
 
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	// -test.run matches nothing: TestMain takes over before any test runs.
+	cmd := exec.CommandContext(cctx, os.Args[0], "-test.run=^$", "-test.count=1")
 	cmd.Env = append(os.Environ(), helperEnv+"=claim", helperDSNEnv+"="+dsn)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -33,6 +33,7 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(o),
 		newVersionCmd(),
 		newImageCmd(o),
+		newDoctorCmd(o),
 	)
 	return root
 }

@@ -79,7 +79,7 @@ func testCrashRecovery(t *testing.T, dsn string) {
 	// -test.run matches nothing: TestMain takes over before any test runs.
 	cmd := exec.CommandContext(cctx, os.Args[0], "-test.run=^$", "-test.count=1")
 	cmd.Env = append(os.Environ(), helperEnv+"=claim", helperDSNEnv+"="+dsn)
-	var stderr bytes.Buffer
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	lines := make(chan string, 1)
 	cmd.Stdout = &reportWriter{lines: lines}
@@ -218,4 +218,22 @@ func (w *reportWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// syncBuffer is a bytes.Buffer safe to read while exec's copier writes it.
+type syncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -118,6 +118,19 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// SetServices replaces the declared services; call it before Run (PID 1
+// reads the declarations only after it has switched to the overlay root,
+// but wants its logger, and thus the agent, from the first instruction).
+func (a *Agent) SetServices(specs []proto.ServiceSpec) error {
+	sup, err := newSupervisor(a.cfg.Supervisor, specs, a.log, a.logs, a.procs, a.events, a.cfg.Now)
+	if err != nil {
+		return fmt.Errorf("services: %w", err)
+	}
+	a.cfg.Services = specs
+	a.sup = sup
+	return nil
+}
+
 // Logger is the agent's logger: its lines go to the console and the
 // "agent" ring.
 func (a *Agent) Logger() *slog.Logger { return a.log }

@@ -39,6 +39,21 @@ type Config struct {
 	// TaskLease is how long a claimed durable task is held before another
 	// worker may take it (when the holder died).
 	TaskLease Duration `json:"task_lease"`
+
+	// Hypervisor is auto, qemu or firecracker. auto picks Firecracker
+	// when its binary is present and KVM is usable, else QEMU.
+	Hypervisor string `json:"hypervisor"`
+	// Accel is QEMU's acceleration: auto (KVM when usable), kvm or tcg.
+	Accel string `json:"accel"`
+	// MaxVMsPerUser caps the VMs (not destroyed) one user may have.
+	MaxVMsPerUser int `json:"max_vms_per_user"`
+	// MaxBrowserVMs caps running browser VMs on this host.
+	MaxBrowserVMs int `json:"max_browser_vms"`
+	// BootTimeout bounds a VM's boot, from spawn to ready.
+	BootTimeout Duration `json:"boot_timeout"`
+	// BuildImages makes the daemon build missing guest images in the
+	// background at start.
+	BuildImages bool `json:"build_images"`
 }
 
 // Default returns the embedded defaults.
@@ -52,6 +67,12 @@ func Default() Config {
 		MaxBodyBytes:    1 << 20,
 		ShutdownTimeout: Duration(15 * time.Second),
 		TaskLease:       Duration(30 * time.Second),
+		Hypervisor:      "auto",
+		Accel:           "auto",
+		MaxVMsPerUser:   180,
+		MaxBrowserVMs:   2,
+		BootTimeout:     Duration(3 * time.Minute),
+		BuildImages:     true,
 	}
 }
 
@@ -114,6 +135,28 @@ var envVars = []struct {
 	{"HANGAR_TASK_LEASE", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.TaskLease = Duration(d)
+		return err
+	}},
+	{"HANGAR_HYPERVISOR", func(c *Config, v string) error { c.Hypervisor = v; return nil }},
+	{"HANGAR_ACCEL", func(c *Config, v string) error { c.Accel = v; return nil }},
+	{"HANGAR_MAX_VMS_PER_USER", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxVMsPerUser = n
+		return err
+	}},
+	{"HANGAR_MAX_BROWSER_VMS", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxBrowserVMs = n
+		return err
+	}},
+	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.BootTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_BUILD_IMAGES", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		c.BuildImages = b
 		return err
 	}},
 }
@@ -183,6 +226,25 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.TaskLease) < time.Second {
 		errs = append(errs, errors.New("task_lease must be at least 1s"))
+	}
+	switch c.Hypervisor {
+	case "auto", "qemu", "firecracker":
+	default:
+		errs = append(errs, fmt.Errorf("hypervisor %q: want auto, qemu or firecracker", c.Hypervisor))
+	}
+	switch c.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("accel %q: want auto, kvm or tcg", c.Accel))
+	}
+	if c.MaxVMsPerUser < 1 {
+		errs = append(errs, errors.New("max_vms_per_user must be at least 1"))
+	}
+	if c.MaxBrowserVMs < 0 {
+		errs = append(errs, errors.New("max_browser_vms must not be negative"))
+	}
+	if time.Duration(c.BootTimeout) < 5*time.Second {
+		errs = append(errs, errors.New("boot_timeout must be at least 5s"))
 	}
 	return errors.Join(errs...)
 }

@@ -191,7 +191,8 @@ type Store interface {
 	// CompleteTask marks a task done; it fails with ErrNotFound if owner no
 	// longer holds the lease.
 	CompleteTask(ctx context.Context, id int64, owner string) error
-	// FailTask records an error. The task is retried at retryAt, or is marked
+	// FailTask records an error. A zero retryAt marks the task dead at
+	// once (a permanent failure). Otherwise the task is retried at retryAt, or is marked
 	// dead once it has used MaxAttempts. It fails with ErrNotFound if owner
 	// no longer holds the lease.
 	FailTask(ctx context.Context, id int64, owner, errMsg string, retryAt time.Time) (Task, error)

@@ -131,14 +131,16 @@ func (s *sqlStore) CompleteTask(ctx context.Context, id int64, owner string) err
 
 func (s *sqlStore) FailTask(ctx context.Context, id int64, owner, errMsg string, retryAt time.Time) (Task, error) {
 	now := s.clock()
-	if retryAt.IsZero() {
+	// A zero retryAt means retrying cannot help: the task is dead now.
+	dead := retryAt.IsZero()
+	if dead {
 		retryAt = now
 	}
 	row := s.db.QueryRowContext(ctx, s.q(`UPDATE tasks SET
-			state = CASE WHEN attempts >= max_attempts THEN ? ELSE ? END,
+			state = CASE WHEN attempts >= max_attempts OR ? THEN ? ELSE ? END,
 			run_at = ?, last_error = ?, lease_owner = '', lease_until = NULL, updated_at = ?
 		WHERE id = ? AND state = ? AND lease_owner = ? RETURNING `+taskCols),
-		TaskDead, TaskPending, s.ts(retryAt), errMsg, s.ts(now), id, TaskRunning, owner)
+		dead, TaskDead, TaskPending, s.ts(retryAt), errMsg, s.ts(now), id, TaskRunning, owner)
 	t, err := scanTask(row)
 	if err != nil {
 		return Task{}, mapErr(fmt.Sprintf("fail task %d", id), err)

@@ -20,8 +20,10 @@ import (
 	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/events"
 	"github.com/hangar-vm/hangar/internal/httpapi"
+	"github.com/hangar-vm/hangar/internal/image"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
+	"github.com/hangar-vm/hangar/internal/vm"
 )
 
 // Version is set at build time with -ldflags "-X ...daemon.Version=...".
@@ -45,6 +47,8 @@ type Daemon struct {
 	bus     *events.Bus
 	api     *httpapi.Server
 	runner  *tasks.Runner
+	images  *image.Cache
+	vms     *vm.Manager
 	srv     *http.Server
 	ln      net.Listener
 	closers []closer // run in reverse order by Shutdown
@@ -91,6 +95,23 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes,
 	})
 	d.runner = tasks.NewRunner(st, log.With("component", "tasks"), time.Duration(cfg.TaskLease))
+
+	d.images = newImageCache(cfg.DataDir, log.With("component", "image"))
+	driver, err := newDriver(cfg, log.With("component", "vmm"))
+	if err != nil {
+		return nil, err
+	}
+	d.vms = vm.New(vm.Config{
+		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
+		BootTimeout: time.Duration(cfg.BootTimeout),
+	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}}, driver, log.With("component", "vm"))
+	d.vms.Register(d.api.Registry())
+	d.api.MountVMs(d.vms)
+	if err := d.vms.Recover(ctx); err != nil {
+		return nil, fmt.Errorf("recover vms: %w", err)
+	}
+	// VMs keep running when the daemon stops; the next one re-attaches.
+	d.closers = append(d.closers, closer{"vms", func(context.Context) error { d.vms.Close(); return nil }})
 	if os.Getenv("HANGAR_DEBUG_TASKS") == "1" {
 		d.runner.Register(DebugTaskKind, debugTask)
 		log.Warn("debug task kind enabled (HANGAR_DEBUG_TASKS=1); for tests only")
@@ -163,6 +184,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	d.cancel = cancel
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.runner.Run(bgctx) }()
+	if d.cfg.BuildImages {
+		d.bg.Add(1)
+		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()
+	}
 
 	d.srv = &http.Server{
 		Handler:           d.api.Handler(),
@@ -200,6 +225,24 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// buildImages makes sure every guest image exists, building what is missing
+// while the API already answers. Progress goes to the daemon's log; a VM
+// create meanwhile waits for its image.
+func (d *Daemon) buildImages(ctx context.Context) {
+	for _, flavor := range []string{"base", "cli", "browser"} {
+		start := time.Now()
+		img, err := d.images.Ensure(ctx, flavor, image.SlogProgress{Log: d.log.With("component", "image", "flavor", flavor)})
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			d.log.Error("guest image unavailable; VMs of this kind will fail until it builds (hangar image build --flavor "+flavor+")", "flavor", flavor, "err", err)
+			continue
+		}
+		d.log.Info("guest image ready", "flavor", flavor, "image_id", img.ID[:12], "duration", time.Since(start).Round(time.Millisecond))
+	}
 }
 
 func (d *Daemon) closeAll(ctx context.Context) {

@@ -1,0 +1,91 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hangar-vm/hangar/internal/config"
+	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/image"
+	"github.com/hangar-vm/hangar/internal/vmm"
+	"github.com/hangar-vm/hangar/internal/vmm/qemu"
+)
+
+// imageSource adapts the image cache to the VM manager: it builds what is
+// missing (a VM create waits for its image) and remembers what it verified,
+// so only the first VM of a kind pays for the lookup.
+type imageSource struct {
+	cache *image.Cache
+	log   *slog.Logger
+
+	mu     sync.Mutex // guards images
+	images map[string]image.Image
+}
+
+func (s *imageSource) ensure(ctx context.Context, flavor string) (image.Image, error) {
+	s.mu.Lock()
+	img, ok := s.images[flavor]
+	s.mu.Unlock()
+	if ok {
+		if _, err := os.Stat(img.Rootfs); err == nil {
+			return img, nil
+		}
+	}
+	img, err := s.cache.Ensure(ctx, flavor, image.SlogProgress{Log: s.log.With("flavor", flavor)})
+	if err != nil {
+		return image.Image{}, errs.Wrap(errs.Unavailable, err, "image %s is not available", flavor)
+	}
+	s.mu.Lock()
+	s.images[flavor] = img
+	s.mu.Unlock()
+	return img, nil
+}
+
+// Kernel implements vm.Images.
+func (s *imageSource) Kernel(ctx context.Context) (string, string, error) {
+	img, err := s.ensure(ctx, "base")
+	if err != nil {
+		return "", "", err
+	}
+	return img.Kernel.BzImage, img.Kernel.Version, nil
+}
+
+// Rootfs implements vm.Images.
+func (s *imageSource) Rootfs(ctx context.Context, kind string) (string, string, error) {
+	img, err := s.ensure(ctx, kind)
+	if err != nil {
+		return "", "", err
+	}
+	return img.ID, img.Rootfs, nil
+}
+
+// newImageCache uses the hangar-agent installed beside the hangar binary
+// (make build puts both in bin/); without one, the cache builds the agent
+// from the source tree.
+func newImageCache(dataDir string, log *slog.Logger) *image.Cache {
+	var opts []image.Option
+	if exe, err := os.Executable(); err == nil {
+		agent := filepath.Join(filepath.Dir(exe), "hangar-agent")
+		if _, err := os.Stat(agent); err == nil {
+			opts = append(opts, image.WithAgentBinary(agent))
+		}
+	}
+	return image.NewCache(dataDir, log, opts...)
+}
+
+// newDriver picks the hypervisor: Firecracker needs its binary and usable
+// KVM; QEMU runs everywhere else (with KVM when usable, else TCG).
+func newDriver(cfg config.Config, log *slog.Logger) (vmm.Driver, error) {
+	switch cfg.Hypervisor {
+	case "firecracker":
+		return nil, fmt.Errorf("hypervisor firecracker: the Firecracker driver is not wired into the daemon yet (see README, what is unverified); use qemu")
+	case "auto", "qemu":
+		return qemu.New(qemu.Config{Accel: cfg.Accel, Logger: log})
+	default:
+		return nil, fmt.Errorf("unknown hypervisor %q", cfg.Hypervisor)
+	}
+}

@@ -1,0 +1,401 @@
+package vm
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hangar-vm/hangar/internal/agentlink"
+	"github.com/hangar-vm/hangar/internal/agentlink/proto"
+	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/httpapi"
+	"github.com/hangar-vm/hangar/internal/store"
+	"github.com/hangar-vm/hangar/pkg/api"
+)
+
+var _ httpapi.VMService = (*Manager)(nil)
+
+// owner scopes lookups: admins see every VM, users their own.
+func owner(caller store.User) string {
+	if caller.Role == store.RoleAdmin {
+		return ""
+	}
+	return caller.ID
+}
+
+func (m *Manager) get(ctx context.Context, caller store.User, id string) (store.VM, error) {
+	v, err := m.store.GetVM(ctx, id, owner(caller))
+	if errors.Is(err, store.ErrNotFound) {
+		return store.VM{}, errs.E(errs.NotFound, "vm %s not found", id)
+	}
+	return v, err
+}
+
+func (m *Manager) toAPI(v store.VM) api.VM {
+	var sp specDoc
+	_ = json.Unmarshal(v.Spec, &sp)
+	var rt runtimeDoc
+	_ = json.Unmarshal(v.Runtime, &rt)
+	out := api.VM{
+		ID: v.ID, OwnerID: v.OwnerID, Kind: v.Kind, State: v.State, LastError: v.LastError,
+		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, Hypervisor: m.driver.Name(), Acceleration: m.accel,
+		ImageID: rt.ImageID, KernelVersion: rt.KernelRelease, BootPhases: rt.Phases,
+		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
+	}
+	return out
+}
+
+// Get returns one VM, with its services' states when it runs.
+func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return api.VM{}, err
+	}
+	out := m.toAPI(v)
+	if c := m.inst(id).client(); c != nil {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if svcs, err := c.Services(sctx); err == nil {
+			for _, s := range svcs {
+				out.Services = append(out.Services, api.ServiceStatus{Name: s.Name, State: s.State, Restarts: s.Restarts, PID: s.PID, Required: s.Required, Error: serviceError(s)})
+			}
+		}
+	}
+	return out, nil
+}
+
+// List returns the caller's VMs (admin: all), destroyed ones excluded.
+func (m *Manager) List(ctx context.Context, caller store.User) ([]api.VM, error) {
+	vs, err := m.store.ListVMs(ctx, owner(caller))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(vs))
+	for _, v := range vs {
+		if v.State == api.VMDestroyed {
+			continue
+		}
+		out = append(out, m.toAPI(v))
+	}
+	return out, nil
+}
+
+// readyClient returns the agent link of a ready VM or says why there is
+// none.
+func (m *Manager) readyClient(ctx context.Context, caller store.User, id string) (*agentlink.Client, error) {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	if v.State != api.VMReady {
+		return nil, errs.E(errs.Conflict, "vm %s is %s, not ready", id, v.State)
+	}
+	c := m.inst(id).client()
+	if c == nil {
+		return nil, errs.E(errs.Unavailable, "vm %s has no agent link right now; retry shortly", id)
+	}
+	return c, nil
+}
+
+// serviceError summarises why a service is not running.
+func serviceError(s proto.ServiceStatus) string {
+	if s.LastExit == "" {
+		return ""
+	}
+	msg := s.LastExit
+	if n := len(s.LastOutput); n > 0 {
+		msg += ": " + s.LastOutput[n-1]
+	}
+	return msg
+}
+
+// Exec runs a command in the VM.
+func (m *Manager) Exec(ctx context.Context, caller store.User, id string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+	c, err := m.readyClient(ctx, caller, id)
+	if err != nil {
+		return 0, err
+	}
+	var stdin io.Reader
+	if req.Stdin != "" {
+		stdin = strings.NewReader(req.Stdin)
+	}
+	preq := proto.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, User: req.User, Timeout: proto.Duration(time.Duration(req.TimeoutS) * time.Second)}
+	code, err := c.Exec(ctx, preq, stdin, stdout, stderr)
+	if err != nil {
+		return 0, agentErr(err)
+	}
+	return code, nil
+}
+
+// agentErr turns an agent's refusal into a user-facing error.
+func agentErr(err error) error {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		switch {
+		case pe.Status == 400 || pe.Status == 403 && pe.Code != proto.CodeUnauthorized:
+			return errs.E(errs.Invalid, "%s", pe.Message)
+		case pe.Status == 404:
+			return errs.E(errs.NotFound, "%s", pe.Message)
+		case pe.Status == 413:
+			return errs.E(errs.TooLarge, "%s", pe.Message)
+		}
+	}
+	return err
+}
+
+// PutFile writes a file in the VM atomically.
+func (m *Manager) PutFile(ctx context.Context, caller store.User, id, path string, mode uint32, r io.Reader) error {
+	c, err := m.readyClient(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	_, err = c.PutFile(ctx, agentlink.PutFileRequest{Path: path, Mode: mode, Mkdir: true}, r)
+	return agentErr(err)
+}
+
+// GetFile reads a file from the VM.
+func (m *Manager) GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, httpapi.FileInfo, error) {
+	c, err := m.readyClient(ctx, caller, id)
+	if err != nil {
+		return nil, httpapi.FileInfo{}, err
+	}
+	// Buffer through a temp file: the size must be known before the
+	// response starts, and a failed read must become an error status.
+	f, err := os.CreateTemp("", "hangar-get-")
+	if err != nil {
+		return nil, httpapi.FileInfo{}, err
+	}
+	os.Remove(f.Name())
+	st, err := c.GetFile(ctx, path, httpapi.MaxFileBytes, f)
+	if err != nil {
+		f.Close()
+		return nil, httpapi.FileInfo{}, agentErr(err)
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		f.Close()
+		return nil, httpapi.FileInfo{}, err
+	}
+	return f, httpapi.FileInfo{Size: st.Size, Mode: uint32(st.Mode)}, nil
+}
+
+// Logs writes the console log or one service's log.
+func (m *Manager) Logs(ctx context.Context, caller store.User, id, service string, follow bool, w io.Writer) error {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if service == "" || service == "console" {
+		return m.consoleLog(ctx, v.ID, follow, w)
+	}
+	if c := m.inst(id).client(); c != nil && v.State == api.VMReady {
+		err := c.Logs(ctx, proto.LogsRequest{Service: service, Follow: follow}, func(l proto.LogLine) error {
+			_, err := fmt.Fprintf(w, "%s [%s] %s\n", l.Time.UTC().Format(time.RFC3339Nano), l.Service, l.Line)
+			return err
+		})
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		if e := agentErr(err); !errors.Is(e, err) {
+			return e
+		}
+		m.log.Warn("service logs from agent failed; reading the console instead", "vm_id", id, "err", err)
+	}
+	// The VM is gone or unreachable: every service line also went to the
+	// console with a "[name] " prefix.
+	return m.filterConsole(v.ID, service, w)
+}
+
+func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.Writer) error {
+	f, err := os.Open(m.ConsolePath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		if !follow {
+			return nil
+		}
+	} else if err != nil {
+		return err
+	}
+	for f == nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if f, err = os.Open(m.ConsolePath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	defer f.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil
+			}
+		}
+		if err == io.EOF {
+			if !follow {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (m *Manager) filterConsole(id, service string, w io.Writer) error {
+	f, err := os.Open(m.ConsolePath(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	prefix := "[" + service + "] "
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if i := strings.Index(line, prefix); i >= 0 {
+			if _, err := fmt.Fprintln(w, line[i:]); err != nil {
+				return nil
+			}
+		}
+	}
+	return sc.Err()
+}
+
+// Stop shuts the VM down: gracefully through the agent, then hard.
+func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return api.VM{}, err
+	}
+	switch v.State {
+	case api.VMStopped:
+		return m.toAPI(v), nil
+	case api.VMDestroyed:
+		return api.VM{}, errs.E(errs.NotFound, "vm %s not found", id)
+	case api.VMCreating, api.VMBooting, api.VMReady, api.VMFailed:
+	default:
+		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
+	}
+	if v, err = m.setState(ctx, id, api.VMStopping, ""); err != nil {
+		return api.VM{}, err
+	}
+	m.stopInstance(ctx, id)
+	v, err = m.setState(context.Background(), id, api.VMStopped, "")
+	if err != nil {
+		return api.VM{}, err
+	}
+	m.publish(v, "vm_stopped", nil)
+	return m.toAPI(v), nil
+}
+
+// stopInstance ends the boot, asks the agent to power off, waits, then
+// stops the hypervisor hard.
+func (m *Manager) stopInstance(ctx context.Context, id string) {
+	in := m.inst(id)
+	in.mu.Lock()
+	in.expectExit = true
+	cancel, h, link := in.cancel, in.handle, in.link
+	in.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if h == nil {
+		return
+	}
+	if link != nil {
+		sctx, scancel := context.WithTimeout(ctx, m.cfg.StopTimeout)
+		if err := link.Shutdown(sctx, false); err != nil {
+			m.log.Warn("graceful shutdown through the agent failed; stopping hard", "vm_id", id, "err", err)
+		} else if err := h.Wait(sctx); err != nil {
+			m.log.Warn("vm did not power off in time; stopping hard", "vm_id", id, "timeout", m.cfg.StopTimeout)
+		}
+		scancel()
+	}
+	if !isDone(h) {
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := h.Stop(sctx); err != nil {
+			m.log.Warn("hard stop failed; killing", "vm_id", id, "err", err)
+			_ = h.Kill()
+		}
+		scancel()
+	}
+	<-h.Done()
+}
+
+// Start boots a stopped or failed VM again; a persistent VM keeps its disk.
+func (m *Manager) Start(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return api.VM{}, err
+	}
+	switch v.State {
+	case api.VMStopped, api.VMFailed:
+	case api.VMReady, api.VMBooting, api.VMCreating:
+		return m.toAPI(v), nil
+	default:
+		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s and cannot be started", id, v.State)
+	}
+	if v, err = m.setState(ctx, id, api.VMCreating, ""); err != nil {
+		return api.VM{}, err
+	}
+	m.startBoot(id)
+	return m.toAPI(v), nil
+}
+
+// Destroy stops the VM and removes everything of it but its logs.
+func (m *Manager) Destroy(ctx context.Context, caller store.User, id string) error {
+	v, err := m.get(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if v.State == api.VMDestroyed {
+		return errs.E(errs.NotFound, "vm %s not found", id)
+	}
+	return m.destroy(ctx, v)
+}
+
+func (m *Manager) destroy(ctx context.Context, v store.VM) error {
+	in := m.inst(v.ID)
+	in.mu.Lock()
+	in.expectExit = true
+	h := in.handle
+	in.mu.Unlock()
+	m.stopInstance(ctx, v.ID)
+	if h != nil {
+		_ = h.Release()
+	}
+	if err := os.RemoveAll(m.runDir(v.ID)); err != nil {
+		return fmt.Errorf("remove runtime dir of %s: %w", v.ID, err)
+	}
+	v, err := m.update(context.Background(), v.ID, func(v *store.VM, rt *runtimeDoc) {
+		v.State = api.VMDestroyed
+		rt.VMM, rt.Token = nil, ""
+	})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.vms, v.ID)
+	m.mu.Unlock()
+	m.log.Info("vm destroyed", "vm_id", v.ID, "logs", m.logDir(v.ID))
+	m.publish(v, "vm_destroyed", nil)
+	return nil
+}

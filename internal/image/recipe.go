@@ -165,10 +165,14 @@ type aptSources struct {
 // builds go through the same (reachable) mirror. It reads both one-line
 // sources.list and deb822 .sources files.
 func hostAptSources(suite string) aptSources {
-	src := aptSources{}
 	files := []string{"/etc/apt/sources.list"}
 	more, _ := filepath.Glob("/etc/apt/sources.list.d/*")
-	files = append(files, more...)
+	return parseAptSources(append(files, more...), suite)
+}
+
+// parseAptSources reads the given apt source files (one-line or deb822).
+func parseAptSources(files []string, suite string) aptSources {
+	src := aptSources{}
 	consider := func(uri string, suites []string) {
 		for _, s := range suites {
 			switch {

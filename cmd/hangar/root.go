@@ -31,6 +31,7 @@ func newRootCmd() *cobra.Command {
 		newMeCmd(o),
 		newUserCmd(o),
 		newEventsCmd(o),
+		newVMCmd(o),
 		newVersionCmd(),
 		newImageCmd(o),
 		newDoctorCmd(o),

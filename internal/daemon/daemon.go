@@ -122,6 +122,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 // Store is the daemon's store (tests and subsystems).
 func (d *Daemon) Store() store.Store { return d.store }
 
+// VMs is the VM manager.
+func (d *Daemon) VMs() *vm.Manager { return d.vms }
+
 // Runner is the durable task runner.
 func (d *Daemon) Runner() *tasks.Runner { return d.runner }
 

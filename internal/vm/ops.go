@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -398,4 +399,31 @@ func (m *Manager) destroy(ctx context.Context, v store.VM) error {
 	m.log.Info("vm destroyed", "vm_id", v.ID, "logs", m.logDir(v.ID))
 	m.publish(v, "vm_destroyed", nil)
 	return nil
+}
+
+// DialPort opens a raw stream to 127.0.0.1:port inside a ready VM over the
+// agent link (the live view carries VNC this way); no guest network is
+// involved.
+func (m *Manager) DialPort(ctx context.Context, caller store.User, id string, port int) (net.Conn, error) {
+	c, err := m.readyClient(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := c.DialPort(ctx, port)
+	if err != nil {
+		return nil, agentErr(err)
+	}
+	return conn, nil
+}
+
+// HypervisorPID is the process id of a VM's hypervisor, 0 when none runs
+// (operators and tests).
+func (m *Manager) HypervisorPID(id string) int {
+	in := m.inst(id)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.handle == nil {
+		return 0
+	}
+	return in.handle.State().PID
 }

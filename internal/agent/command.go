@@ -48,7 +48,11 @@ func buildCmd(argv []string, env map[string]string, dir, username string) (*exec
 		}
 		base["HOME"], base["USER"], base["LOGNAME"] = u.HomeDir, u.Username, u.Username
 		if dir == "" {
-			dir = u.HomeDir
+			// Accounts like nobody have a home that does not exist; the
+			// chdir would fail the start with a misleading ENOENT.
+			if fi, err := os.Stat(u.HomeDir); err == nil && fi.IsDir() {
+				dir = u.HomeDir
+			}
 		}
 	} else if u, err := user.Current(); err == nil {
 		base["HOME"], base["USER"], base["LOGNAME"] = u.HomeDir, u.Username, u.Username

@@ -86,6 +86,16 @@ func TestExec(t *testing.T) {
 			t.Fatalf("background child survived the timeout kill")
 		}
 	})
+	t.Run("as another user", func(t *testing.T) {
+		if os.Getuid() != 0 {
+			t.Skip("switching users needs root")
+		}
+		var out bytes.Buffer
+		code, err := c.Exec(ctx, proto.ExecRequest{Argv: []string{"sh", "-c", "id -u; echo $HOME"}, User: "nobody"}, nil, &out, nil)
+		if err != nil || code != 0 || !strings.HasPrefix(out.String(), "65534\n") {
+			t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
+		}
+	})
 	t.Run("unknown command", func(t *testing.T) {
 		_, err := c.Exec(ctx, proto.ExecRequest{Argv: []string{"no-such-command-hangar"}}, nil, nil, nil)
 		var pe *proto.Error

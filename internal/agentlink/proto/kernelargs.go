@@ -133,3 +133,13 @@ func ParseKernelArgs(cmdline string) (Params, error) {
 	}
 	return p, nil
 }
+
+var tokenArgRE = regexp.MustCompile(regexp.QuoteMeta(ArgToken) + `=\S+`)
+
+// RedactKernelArgs replaces the token's value in s (a command line, a
+// console log, a process listing) with "REDACTED". The daemon runs console
+// logs through it before storing or serving them: the kernel prints its
+// command line at boot unless "quiet" or loglevel<=4 is given.
+func RedactKernelArgs(s string) string {
+	return tokenArgRE.ReplaceAllString(s, ArgToken+"=REDACTED")
+}

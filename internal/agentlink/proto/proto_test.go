@@ -140,3 +140,12 @@ func TestFramesAndDuration(t *testing.T) {
 		t.Fatalf("string timeout: %v %v", r.Timeout, err)
 	}
 }
+
+func TestRedactKernelArgs(t *testing.T) {
+	tok, _ := NewToken()
+	s := "[    0.000000] Command line: console=ttyS0 " + KernelArgs(Params{Token: tok, Hostname: "x"}) + "\nnext"
+	r := RedactKernelArgs(s)
+	if strings.Contains(r, tok) || !strings.Contains(r, "hangar.token=REDACTED hangar.hostname=x") || !strings.HasSuffix(r, "\nnext") {
+		t.Fatalf("redacted: %q", r)
+	}
+}

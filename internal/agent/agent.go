@@ -68,7 +68,9 @@ type Agent struct {
 	events  *eventBus
 	sup     *supervisor
 	started time.Time
-	handler http.Handler
+	// bootAtStart is CLOCK_BOOTTIME when the agent was created.
+	bootAtStart time.Duration
+	handler     http.Handler
 
 	shutdownOnce sync.Once
 	// done is closed when a shutdown has completed.
@@ -93,7 +95,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
-	a := &Agent{cfg: cfg, events: newEventBus(), started: cfg.Now(), done: make(chan struct{})}
+	a := &Agent{cfg: cfg, events: newEventBus(), started: cfg.Now(), bootAtStart: bootClock(), done: make(chan struct{})}
 	if cfg.Console != nil {
 		a.console = newConsoleSink(cfg.Console)
 	}
@@ -194,12 +196,24 @@ func (a *Agent) health() proto.Health {
 	return a.healthFrom(a.sup.isReady(), a.sup.statuses())
 }
 
+// bootClock reads CLOCK_BOOTTIME: time since the kernel started, immune to
+// the clock being set from the host.
+func bootClock() time.Duration {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
 func (a *Agent) healthFrom(ready bool, services []proto.ServiceStatus) proto.Health {
 	h := proto.Health{
 		AgentVersion:    a.cfg.Version,
 		ProtocolVersion: proto.Version,
 		PID1:            a.cfg.PID1,
 		Uptime:          proto.Duration(a.cfg.Now().Sub(a.started)),
+		AgentStartedAt:  proto.Duration(a.bootAtStart),
+		ReadyAt:         proto.Duration(a.sup.readyAt()),
 		Ready:           ready,
 		Services:        services,
 	}

@@ -153,15 +153,32 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		return proto.WriteFrame(conn, typ, p)
 	}
 
-	// Host → command: stdin, resize, signals. The host going away kills
-	// the command: nobody could read its output or stop it.
-	hostGone := make(chan struct{})
+	// Host → command: stdin, resize, signals. Stdin goes through a queue
+	// to its own writer, so a command that does not read its stdin cannot
+	// block the resize and signal frames behind it. The host going away
+	// kills the command: nobody could read its output or stop it.
+	stdinQ := make(chan []byte, 64) // nil element: close stdin
 	go func() {
-		defer close(hostGone)
 		stdin := io.Writer(stdinW)
 		if ptmx != nil {
 			stdin = ptmx
 		}
+		for p := range stdinQ {
+			if p == nil {
+				if stdinW != nil {
+					stdinW.Close()
+				} else {
+					_, _ = ptmx.Write([]byte{4}) // ^D on a terminal
+				}
+				continue
+			}
+			_, _ = stdin.Write(p)
+		}
+	}()
+	hostGone := make(chan struct{})
+	go func() {
+		defer close(hostGone)
+		defer close(stdinQ)
 		for {
 			typ, payload, err := proto.ReadFrame(br)
 			if err != nil {
@@ -170,13 +187,9 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 			}
 			switch typ {
 			case proto.FrameStdin:
-				_, _ = stdin.Write(payload)
+				stdinQ <- payload
 			case proto.FrameStdinEOF:
-				if stdinW != nil {
-					stdinW.Close()
-				} else {
-					_, _ = ptmx.Write([]byte{4}) // ^D on a terminal
-				}
+				stdinQ <- nil
 			case proto.FrameResize:
 				if ptmx != nil && len(payload) == 4 {
 					_ = pty.Setsize(ptmx, &pty.Winsize{Rows: binary.BigEndian.Uint16(payload), Cols: binary.BigEndian.Uint16(payload[2:])})

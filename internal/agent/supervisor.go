@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -186,7 +187,11 @@ type supervisor struct {
 	// ready is true once every required service is satisfied.
 	ready    bool
 	stopping bool
+	// readyBoot is CLOCK_BOOTTIME when ready became true.
+	readyBoot atomic.Int64
 }
+
+func (s *supervisor) readyAt() time.Duration { return time.Duration(s.readyBoot.Load()) }
 
 func newSupervisor(cfg SupervisorConfig, specs []proto.ServiceSpec, log *slog.Logger, logs *logHub, procs *procTable, events *eventBus, now func() time.Time) (*supervisor, error) {
 	cfg.defaults()
@@ -280,7 +285,8 @@ func (s *supervisor) checkReadyLocked() {
 		}
 	}
 	s.ready = true
-	s.log.Info("all required services ready")
+	s.readyBoot.Store(int64(bootClock()))
+	s.log.Info("all required services ready", "boot_clock", bootClock().Round(time.Millisecond).String())
 	s.events.publish(proto.Event{Type: proto.EventReady, Time: s.now()})
 }
 

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestHealth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("health: %v", err)
 	}
-	if h.AgentVersion != "1.2.3" || h.ProtocolVersion != proto.Version || !h.Ready || h.KernelRelease == "" {
+	if h.AgentVersion != "1.2.3" || h.ProtocolVersion != proto.Version || !h.Ready || h.KernelRelease == "" || h.AgentStartedAt <= 0 || h.ReadyAt < h.AgentStartedAt {
 		t.Fatalf("unexpected health %+v", h)
 	}
 	if ta.client.AgentVersion() != "1.2.3" {
@@ -94,6 +95,32 @@ func TestExec(t *testing.T) {
 		code, err := c.Exec(ctx, proto.ExecRequest{Argv: []string{"sh", "-c", "id -u; echo $HOME"}, User: "nobody"}, nil, &out, nil)
 		if err != nil || code != 0 || !strings.HasPrefix(out.String(), "65534\n") {
 			t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
+		}
+	})
+	t.Run("signal gets through while stdin is not read", func(t *testing.T) {
+		s, err := c.StartExec(ctx, proto.ExecRequest{Argv: []string{"sleep", "30"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		// 1 MiB of stdin nobody reads: fills the pipe and the agent's queue.
+		go func() { _, _ = s.Write(make([]byte, 1<<20)) }()
+		time.Sleep(300 * time.Millisecond)
+		if err := s.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan proto.ExitStatus, 1)
+		go func() {
+			st, _ := s.Wait(nil, nil)
+			done <- st
+		}()
+		select {
+		case st := <-done:
+			if st.ExitCode != 128+15 || st.Signal != "terminated" {
+				t.Fatalf("status %+v", st)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("SIGTERM stuck behind unread stdin")
 		}
 	})
 	t.Run("unknown command", func(t *testing.T) {

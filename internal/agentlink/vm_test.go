@@ -205,6 +205,10 @@ func TestRealVM(t *testing.T) {
 	}
 	t.Logf("QEMU start → agent link up %s, → ready %s", agentUp.Round(time.Millisecond), time.Since(boot).Round(time.Millisecond))
 
+	if h, err := c.Health(ctx); err == nil {
+		t.Logf("guest boot clock: agent started at %s, services ready at %s", time.Duration(h.AgentStartedAt), time.Duration(h.ReadyAt))
+	}
+
 	run := func(argv ...string) string {
 		t.Helper()
 		var out, errb bytes.Buffer

@@ -124,14 +124,20 @@ type ServiceStatus struct {
 
 // Health answers GET /v1/health.
 type Health struct {
-	AgentVersion    string          `json:"agent_version"`
-	ProtocolVersion string          `json:"protocol_version"`
-	PID1            bool            `json:"pid1"`
-	Hostname        string          `json:"hostname"`
-	KernelRelease   string          `json:"kernel_release"`
-	Uptime          Duration        `json:"uptime"`
-	Ready           bool            `json:"ready"`
-	Services        []ServiceStatus `json:"services"`
+	AgentVersion    string   `json:"agent_version"`
+	ProtocolVersion string   `json:"protocol_version"`
+	PID1            bool     `json:"pid1"`
+	Hostname        string   `json:"hostname"`
+	KernelRelease   string   `json:"kernel_release"`
+	Uptime          Duration `json:"uptime"`
+	// AgentStartedAt is the guest's boot clock (CLOCK_BOOTTIME) when the
+	// agent started: as PID 1, the kernel's share of the boot.
+	AgentStartedAt Duration `json:"agent_started_at"`
+	// ReadyAt is the boot clock when every required service was ready
+	// (zero until then).
+	ReadyAt  Duration        `json:"ready_at,omitempty"`
+	Ready    bool            `json:"ready"`
+	Services []ServiceStatus `json:"services"`
 }
 
 // Event types pushed on GET /v1/events.

@@ -344,3 +344,44 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestRealVMTmpfsUpper boots a throwaway VM (upper layer in memory) and
+// checks the root is a writable overlay with nothing written to disk.
+func TestRealVMTmpfsUpper(t *testing.T) {
+	kernel := findKernel()
+	needVM(t, kernel != "", "no guest kernel (set HANGAR_TEST_KERNEL)")
+	_, qerr := exec.LookPath("qemu-system-x86_64")
+	needVM(t, qerr == nil, "qemu-system-x86_64 not installed")
+	_, berr := exec.LookPath("busybox")
+	needVM(t, berr == nil, "busybox (static) not installed; apt-get install busybox-static")
+	needVM(t, os.Getuid() == 0, "needs root to chown files in the test image")
+	dir := t.TempDir()
+	base := buildTestRootfs(t, dir)
+	// An empty second disk keeps the device names stable; it must stay untouched.
+	spare := filepath.Join(dir, "spare.img")
+	if err := os.WriteFile(spare, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	token, _ := proto.NewToken()
+	vm := startQEMU(t, dir, kernel, base, spare, proto.Params{Token: token, Upper: proto.UpperTmpfs, Hostname: "throwaway"})
+	ctx := ctxT(t, 3*time.Minute)
+	c := vm.dial(t, ctx, token)
+	defer c.Close()
+	var out bytes.Buffer
+	code, err := c.Exec(ctx, proto.ExecRequest{Argv: []string{"sh", "-c", "echo hi > /etc/written && cat /etc/written && grep ' / ' /proc/mounts"}}, nil, &out, nil)
+	if err != nil || code != 0 || !strings.HasPrefix(out.String(), "hi\noverlay / overlay") {
+		t.Fatalf("code=%d err=%v out=%q", code, err, out.String())
+	}
+	if err := c.Shutdown(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.exited:
+	case <-time.After(60 * time.Second):
+		t.Fatal("VM did not power off")
+	}
+	b, _ := os.ReadFile(spare)
+	if !bytes.Equal(b, make([]byte, 1<<20)) {
+		t.Fatal("the spare disk was written")
+	}
+}

@@ -333,7 +333,7 @@ type handle struct {
 	// shutdownReason is the reason of QEMU's last SHUTDOWN event
 	// ("guest-shutdown", "guest-reset", "host-qmp-quit", "guest-panic").
 	shutdownReason string
-	// stopping is set when Stop or Kill ended the process on purpose.
+	// stopping is set when Stop ended the process on purpose.
 	stopping bool
 	released bool
 }
@@ -367,9 +367,11 @@ func (h *handle) connect(ctx context.Context) error {
 	return nil
 }
 
-// exitError refines the process's exit error: QEMU exits 0 after a guest
-// reset under -no-reboot (PID 1 died or the kernel panicked), which is a
-// failure for hangar.
+// exitError refines the process's exit error with QEMU's last SHUTDOWN
+// reason: QEMU exits 0 after a guest reset under -no-reboot (PID 1 died or
+// the kernel panicked), which is a failure for hangar; and after Recover,
+// where the exit status is unreadable, a guest power-off is still known to
+// be clean.
 func (h *handle) exitError(err error) error {
 	if h.qmp != nil {
 		// The QMP socket closes as QEMU exits; let the SHUTDOWN event,
@@ -382,12 +384,19 @@ func (h *handle) exitError(err error) error {
 	h.mu.Lock()
 	reason, stopping := h.shutdownReason, h.stopping
 	h.mu.Unlock()
-	if err != nil || stopping {
+	if stopping {
+		return nil
+	}
+	if err != nil && !errors.Is(err, vmm.ErrExitUnknown) {
 		return err
 	}
 	switch reason {
-	case "", "guest-shutdown", "host-qmp-quit", "host-signal":
+	case "guest-shutdown", "host-qmp-quit":
 		return nil
+	case "":
+		return err
+	case "host-signal":
+		return errors.New("qemu was terminated by a signal from the host")
 	default:
 		return fmt.Errorf("guest stopped unexpectedly (qemu shutdown reason %s): the guest kernel panicked or its init exited; see the console log", reason)
 	}
@@ -480,7 +489,6 @@ func (h *handle) Stop(ctx context.Context) error {
 
 func (h *handle) Kill() error {
 	h.mu.Lock()
-	h.stopping = true
 	released := h.released
 	h.mu.Unlock()
 	if released {

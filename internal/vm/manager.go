@@ -609,7 +609,7 @@ func lastLines(path string, n int) string {
 			keep = append([]string{l}, keep...)
 		}
 	}
-	return strings.Join(keep, "\n")
+	return proto.RedactKernelArgs(strings.Join(keep, "\n"))
 }
 
 // Recover re-attaches to what survived a daemon restart: VMs whose

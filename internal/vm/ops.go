@@ -212,33 +212,40 @@ func (m *Manager) Logs(ctx context.Context, caller store.User, id, service strin
 	return m.filterConsole(v.ID, service, w)
 }
 
+// consoleLog copies the console log line by line, with the agent token
+// that the kernel prints in its command line at boot redacted; following,
+// it waits for more until ctx ends.
 func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.Writer) error {
-	f, err := os.Open(m.ConsolePath(id))
-	if errors.Is(err, os.ErrNotExist) {
+	var f *os.File
+	for {
+		var err error
+		f, err = os.Open(m.ConsolePath(id))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 		if !follow {
 			return nil
 		}
-	} else if err != nil {
-		return err
-	}
-	for f == nil {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
-		if f, err = os.Open(m.ConsolePath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
 	}
 	defer f.Close()
-	buf := make([]byte, 32<<10)
+	br := bufio.NewReaderSize(f, 64<<10)
+	var partial string
 	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+		chunk, err := br.ReadString('\n')
+		partial += chunk
+		if strings.HasSuffix(partial, "\n") || (err == io.EOF && !follow && partial != "") {
+			if _, werr := io.WriteString(w, proto.RedactKernelArgs(partial)); werr != nil {
 				return nil
 			}
+			partial = ""
 		}
 		if err == io.EOF {
 			if !follow {
@@ -272,7 +279,7 @@ func (m *Manager) filterConsole(id, service string, w io.Writer) error {
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
 		if i := strings.Index(line, prefix); i >= 0 {
-			if _, err := fmt.Fprintln(w, line[i:]); err != nil {
+			if _, err := fmt.Fprintln(w, proto.RedactKernelArgs(line[i:])); err != nil {
 				return nil
 			}
 		}

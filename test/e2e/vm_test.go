@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -201,6 +202,16 @@ func TestBaseVMLifecycle(t *testing.T) {
 		var console strings.Builder
 		if err := ac.Logs(ctx, vm.ID, "", false, &console); err != nil || !strings.Contains(console.String(), "Linux version") {
 			t.Fatalf("console log after failure: %v, %d bytes", err, console.Len())
+		}
+		// The kernel prints its command line, agent token included; the
+		// API must never show it.
+		sv, _ := h.d.Store().GetVM(ctx, vm.ID, "")
+		var rt struct {
+			Token string `json:"token"`
+		}
+		_ = json.Unmarshal(sv.Runtime, &rt)
+		if rt.Token == "" || strings.Contains(console.String(), rt.Token) || strings.Contains(failed.LastError, rt.Token) {
+			t.Fatalf("agent token missing from the store (%v) or shown in the console/last_error", rt.Token == "")
 		}
 	})
 

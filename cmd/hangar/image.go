@@ -58,7 +58,7 @@ func (f *imageFlags) cache(o *rootOptions, log *slog.Logger) *image.Cache {
 }
 
 func cliLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 func isTerminal(f *os.File) bool {
@@ -118,25 +118,54 @@ full log of every build is kept under <data-dir>/images/logs.`,
 			}
 			var results []result
 			total := time.Now()
+			ctx, cancelBuild := context.WithCancel(ctx)
+			defer cancelBuild()
+			// The kernel compile is CPU-bound and the root trees mostly wait
+			// on the network and dpkg: build them side by side. An image
+			// that needs the kernel waits on the kernel's lock.
+			type kernelResult struct {
+				r   result
+				err error
+			}
+			kernelCh := make(chan kernelResult, 1)
+			if slices.Contains(flavors, "kernel") {
+				go func() {
+					start := time.Now()
+					k, err := c.EnsureKernel(ctx, p)
+					if err != nil {
+						kernelCh <- kernelResult{err: err}
+						return
+					}
+					st, _ := os.Stat(k.BzImage)
+					kernelCh <- kernelResult{r: result{Artifact: "kernel", ID: k.ID, Path: k.Dir, Kernel: k.BzImage, Vmlinux: k.Vmlinux,
+						KernelVersion: k.Version, SizeBytes: sizeOf(st), Seconds: time.Since(start).Seconds()}}
+				}()
+			}
 			for _, fl := range flavors {
 				start := time.Now()
 				if fl == "kernel" {
-					k, err := c.EnsureKernel(ctx, p)
-					if err != nil {
-						return err
-					}
-					st, _ := os.Stat(k.BzImage)
-					results = append(results, result{Artifact: "kernel", ID: k.ID, Path: k.Dir, Kernel: k.BzImage, Vmlinux: k.Vmlinux,
-						KernelVersion: k.Version, SizeBytes: sizeOf(st), Seconds: time.Since(start).Seconds()})
 					continue
 				}
 				img, err := c.Ensure(ctx, fl, p)
 				if err != nil {
+					if slices.Contains(flavors, "kernel") {
+						// Stop the kernel compile and wait until make and its
+						// compilers are gone, so none outlives this command.
+						cancelBuild()
+						<-kernelCh
+					}
 					return err
 				}
 				results = append(results, result{Artifact: fl, ID: img.ID, Path: img.Rootfs, Kernel: img.Kernel.BzImage,
 					Vmlinux: img.Kernel.Vmlinux, KernelVersion: img.Kernel.Version, Cmdline: img.Cmdline,
 					SizeBytes: img.Manifest.ImageBytes, Seconds: time.Since(start).Seconds()})
+			}
+			if slices.Contains(flavors, "kernel") {
+				kr := <-kernelCh
+				if kr.err != nil {
+					return kr.err
+				}
+				results = append([]result{kr.r}, results...)
 			}
 			if o.json {
 				return writeJSON(cmd.OutOrStdout(), results)

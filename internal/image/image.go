@@ -145,6 +145,13 @@ func (c *Cache) Ensure(ctx context.Context, flavor string, p Progress) (Image, e
 		c.log.Warn("cached image unusable, rebuilding", "image", name, "err", err)
 		p.Report(StepEvent{Artifact: art, Step: "verify", State: StepFailed, Err: err})
 	}
+	// Root tree first: while it builds, another process (or `hangar image
+	// build --all`, which starts the kernel in parallel) may finish the
+	// kernel, which is then only a lookup here.
+	lay, err := c.ensureLayer(ctx, flavor, p)
+	if err != nil {
+		return Image{}, err
+	}
 	var kernel Kernel
 	if in.kernel != "" {
 		if kernel, err = c.EnsureKernel(ctx, p); err != nil {
@@ -153,10 +160,6 @@ func (c *Cache) Ensure(ctx context.Context, flavor string, p Progress) (Image, e
 		if kernel.ID != in.kernel {
 			return Image{}, fmt.Errorf("kernel inputs changed during the build; run again")
 		}
-	}
-	lay, err := c.ensureLayer(ctx, flavor, p)
-	if err != nil {
-		return Image{}, err
 	}
 	lock, err := lockFile(ctx, c.lockPath(name), c.log)
 	if err != nil {

@@ -63,15 +63,17 @@ func (s *imageSource) Rootfs(ctx context.Context, kind string) (string, string, 
 	return img.ID, img.Rootfs, nil
 }
 
-// newImageCache uses the hangar-agent installed beside the hangar binary
-// (make build puts both in bin/); without one, the cache builds the agent
-// from the source tree.
+// newImageCache builds the agent from the source tree when the daemon runs
+// inside one (as `hangar image build` does, so both agree on image ids);
+// elsewhere it uses the hangar-agent installed beside the hangar binary.
 func newImageCache(dataDir string, log *slog.Logger) *image.Cache {
 	var opts []image.Option
-	if exe, err := os.Executable(); err == nil {
-		agent := filepath.Join(filepath.Dir(exe), "hangar-agent")
-		if _, err := os.Stat(agent); err == nil {
-			opts = append(opts, image.WithAgentBinary(agent))
+	if _, err := image.FindSourceDir(); err != nil {
+		if exe, err := os.Executable(); err == nil {
+			agent := filepath.Join(filepath.Dir(exe), "hangar-agent")
+			if _, err := os.Stat(agent); err == nil {
+				opts = append(opts, image.WithAgentBinary(agent))
+			}
 		}
 	}
 	return image.NewCache(dataDir, log, opts...)

@@ -326,7 +326,7 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 		params.Link = proto.LinkVsock
 	}
 	spec := vmm.Spec{
-		ID: id, RunDir: runDir, KernelPath: kernel, Init: vmm.DefaultInit,
+		ID: strings.ReplaceAll(id, "_", "-"), RunDir: runDir, KernelPath: kernel, Init: vmm.DefaultInit,
 		KernelArgs: proto.KernelArgs(params), BaseDisk: rootfs, UpperDisk: upperDisk,
 		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, ConsoleLog: m.ConsolePath(id),
 	}
@@ -420,10 +420,14 @@ func (m *Manager) attach(ctx context.Context, id string, h vmm.Handle, token str
 	}
 	readyAt := time.Now()
 	if phases != nil {
+		// The agent's hello says how long it has been running, which
+		// splits the time from spawn to link-up into kernel (firmware and
+		// kernel until PID 1 starts) and agent (mounts until it answers).
+		upMS := linked.Sub(spawned).Milliseconds()
 		if hello != nil {
-			phases.KernelMS = time.Duration(hello.Uptime).Milliseconds()
+			phases.AgentUpMS = min(time.Duration(hello.Uptime).Milliseconds(), upMS)
 		}
-		phases.AgentUpMS = max(linked.Sub(spawned).Milliseconds()-phases.KernelMS, 0)
+		phases.KernelMS = upMS - phases.AgentUpMS
 		phases.ServicesReadyMS = readyAt.Sub(linked).Milliseconds()
 		phases.TotalMS = phases.SpawnMS + readyAt.Sub(spawned).Milliseconds()
 		m.metrics.observe(phases)

@@ -51,6 +51,8 @@ type Config struct {
 	MaxBrowserVMs int `json:"max_browser_vms"`
 	// BootTimeout bounds a VM's boot, from spawn to ready.
 	BootTimeout Duration `json:"boot_timeout"`
+	// LogRetention is how long the console logs of destroyed VMs are kept.
+	LogRetention Duration `json:"log_retention"`
 	// BuildImages makes the daemon build missing guest images in the
 	// background at start.
 	BuildImages bool `json:"build_images"`
@@ -72,6 +74,7 @@ func Default() Config {
 		MaxVMsPerUser:   180,
 		MaxBrowserVMs:   2,
 		BootTimeout:     Duration(3 * time.Minute),
+		LogRetention:    Duration(7 * 24 * time.Hour),
 		BuildImages:     true,
 	}
 }
@@ -152,6 +155,11 @@ var envVars = []struct {
 	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.BootTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.LogRetention = Duration(d)
 		return err
 	}},
 	{"HANGAR_BUILD_IMAGES", func(c *Config, v string) error {
@@ -242,6 +250,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBrowserVMs < 0 {
 		errs = append(errs, errors.New("max_browser_vms must not be negative"))
+	}
+	if c.LogRetention <= 0 {
+		errs = append(errs, errors.New("log_retention must be positive"))
 	}
 	if time.Duration(c.BootTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("boot_timeout must be at least 5s"))

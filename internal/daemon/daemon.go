@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	}
 	d.vms = vm.New(vm.Config{
 		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
-		BootTimeout: time.Duration(cfg.BootTimeout),
+		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
@@ -187,6 +187,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	d.cancel = cancel
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.runner.Run(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.periodic(bgctx) }()
 	if d.cfg.BuildImages {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()
@@ -228,6 +230,29 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// periodic runs housekeeping every few minutes: logs of destroyed VMs past
+// their retention, finished tasks and old events.
+func (d *Daemon) periodic(ctx context.Context) {
+	t := time.NewTicker(5 * time.Minute)
+	defer t.Stop()
+	for {
+		if _, err := d.vms.PruneLogs(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("prune vm logs", "err", err)
+		}
+		cutoff := time.Now().Add(-time.Duration(d.cfg.LogRetention))
+		if n, err := d.store.DeleteFinishedTasks(ctx, cutoff); err != nil && ctx.Err() == nil {
+			d.log.Warn("prune finished tasks", "err", err)
+		} else if n > 0 {
+			d.log.Info("pruned finished tasks", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // buildImages makes sure every guest image exists, building what is missing

@@ -47,8 +47,11 @@ type Config struct {
 	DataDir string
 	// MaxVMsPerUser counts every VM not destroyed.
 	MaxVMsPerUser int
-	// MaxBrowserVMs counts browser VMs on this host not stopped or destroyed.
+	// MaxBrowserVMs counts browser VMs on this host not stopped or
+	// destroyed; 0 allows none.
 	MaxBrowserVMs int
+	// LogRetention is how long the logs of a destroyed VM are kept.
+	LogRetention time.Duration
 	// BootTimeout bounds the time from spawn to ready.
 	BootTimeout time.Duration
 	// UpperDiskMiB is the size of a persistent VM's sparse upper disk.
@@ -119,14 +122,14 @@ func New(cfg Config, st store.Store, bus *events.Bus, images Images, driver vmm.
 	if cfg.MaxVMsPerUser == 0 {
 		cfg.MaxVMsPerUser = 180
 	}
-	if cfg.MaxBrowserVMs == 0 {
-		cfg.MaxBrowserVMs = 2
-	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 3 * time.Minute
 	}
 	if cfg.UpperDiskMiB == 0 {
 		cfg.UpperDiskMiB = 4096
+	}
+	if cfg.LogRetention == 0 {
+		cfg.LogRetention = 7 * 24 * time.Hour
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
@@ -710,4 +713,38 @@ func (m *Manager) Close() {
 		}
 	}
 	m.wg.Wait()
+}
+
+// PruneLogs removes the preserved logs of VMs destroyed more than the
+// retention ago, and logs no VM record owns. It returns the VM ids whose
+// logs it removed.
+func (m *Manager) PruneLogs(ctx context.Context) ([]string, error) {
+	root := filepath.Join(m.cfg.DataDir, "logs", "vms")
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range ents {
+		id := e.Name()
+		v, err := m.store.GetVM(ctx, id, "")
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return removed, err
+		case v.State != api.VMDestroyed || time.Since(v.UpdatedAt) < m.cfg.LogRetention:
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(root, id)); err != nil {
+			return removed, err
+		}
+		removed = append(removed, id)
+	}
+	if len(removed) > 0 {
+		m.log.Info("pruned logs of destroyed vms", "count", len(removed), "retention", m.cfg.LogRetention)
+	}
+	return removed, nil
 }

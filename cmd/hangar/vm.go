@@ -21,7 +21,9 @@ func newVMCmd(o *rootOptions) *cobra.Command {
 	return cmd
 }
 
-func ms(v int64) string { return (time.Duration(v) * time.Millisecond).Round(10 * time.Millisecond).String() }
+func ms(v int64) string {
+	return (time.Duration(v) * time.Millisecond).Round(10 * time.Millisecond).String()
+}
 
 func (o *rootOptions) printVM(w io.Writer, vm api.VM) error {
 	if o.json {

@@ -70,8 +70,9 @@ func findSourceDir() (string, error) {
 }
 
 // agent returns the agent binary for this build: the configured prebuilt
-// one, or one freshly built from the source tree (a no-op rebuild when
-// nothing changed takes about a second thanks to Go's build cache).
+// one; else one freshly built from the source tree (a no-op rebuild when
+// nothing changed takes about a second thanks to Go's build cache); else,
+// outside a source tree, the hangar-agent next to the running executable.
 func (c *Cache) agent(ctx context.Context, p Progress) (agentBin, error) {
 	if c.agentBinary != "" {
 		return c.describeAgent(ctx, c.agentBinary, "")
@@ -80,6 +81,12 @@ func (c *Cache) agent(ctx context.Context, p Progress) (agentBin, error) {
 	if src == "" {
 		var err error
 		if src, err = findSourceDir(); err != nil {
+			// Installed hangar: the agent ships beside the binary.
+			if exe, xerr := os.Executable(); xerr == nil {
+				if p := filepath.Join(filepath.Dir(exe), "hangar-agent"); fileExists(p) {
+					return c.describeAgent(ctx, p, "")
+				}
+			}
 			return agentBin{}, err
 		}
 	}

@@ -272,3 +272,54 @@ func TestCheckStatic(t *testing.T) {
 		t.Fatal("a text file passed as static ELF")
 	}
 }
+
+func TestGCKeepsNewestAndRemoveByFlavor(t *testing.T) {
+	needImageTools(t)
+	ctx := context.Background()
+	c := tinyCache(t)
+	old, err := c.Ensure(ctx, "tiny", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Different headroom = different image id from the same root tree.
+	c.headroom = 16 << 20
+	cur, err := c.Ensure(ctx, "tiny", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.ID == old.ID {
+		t.Fatal("headroom change did not change the image id")
+	}
+	// A leftover of a crashed build, whose lock nobody holds.
+	stale := filepath.Join(c.root, "tmp", "tiny-0123456789ab.12345")
+	if err := os.MkdirAll(filepath.Join(stale, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := c.GC(ctx, GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(removed, "\n")
+	if !strings.Contains(joined, old.Dir) || !strings.Contains(joined, stale) {
+		t.Fatalf("GC removed %v; want the older image and the stale build dir", removed)
+	}
+	if strings.Contains(joined, cur.Dir) {
+		t.Fatal("GC removed the newest image")
+	}
+	if _, err := c.Lookup(ctx, "tiny"); err != nil {
+		t.Fatalf("current image gone after GC: %v", err)
+	}
+	if _, err := os.Stat(old.Dir); !os.IsNotExist(err) {
+		t.Fatalf("old image still present: %v", err)
+	}
+	gone, err := c.Remove(ctx, "tiny")
+	if err != nil || len(gone) != 1 || gone[0] != cur.Dir {
+		t.Fatalf("Remove(tiny) = %v, %v", gone, err)
+	}
+	if _, err := c.Lookup(ctx, "tiny"); !errors.Is(err, ErrNotBuilt) {
+		t.Fatalf("Lookup after Remove: %v", err)
+	}
+	if _, err := c.Remove(ctx, "nothing-matches"); err == nil {
+		t.Fatal("Remove of an unknown ref succeeded")
+	}
+}

@@ -141,6 +141,25 @@ full log of every build is kept under <data-dir>/images/logs.`,
 						KernelVersion: k.Version, SizeBytes: sizeOf(st), Seconds: time.Since(start).Seconds()}}
 				}()
 			}
+			stopKernel := func() {
+				if slices.Contains(flavors, "kernel") {
+					// Stop the kernel compile and wait until make and its
+					// compilers are gone, so none outlives this command.
+					cancelBuild()
+					<-kernelCh
+				}
+			}
+			if slices.Contains(flavors, "kernel") {
+				for _, fl := range flavors {
+					if fl == "kernel" {
+						continue
+					}
+					if err := c.EnsureTree(ctx, fl, p); err != nil {
+						stopKernel()
+						return err
+					}
+				}
+			}
 			for _, fl := range flavors {
 				start := time.Now()
 				if fl == "kernel" {
@@ -148,12 +167,7 @@ full log of every build is kept under <data-dir>/images/logs.`,
 				}
 				img, err := c.Ensure(ctx, fl, p)
 				if err != nil {
-					if slices.Contains(flavors, "kernel") {
-						// Stop the kernel compile and wait until make and its
-						// compilers are gone, so none outlives this command.
-						cancelBuild()
-						<-kernelCh
-					}
+					stopKernel()
 					return err
 				}
 				results = append(results, result{Artifact: fl, ID: img.ID, Path: img.Rootfs, Kernel: img.Kernel.BzImage,

@@ -132,6 +132,18 @@ func (c *Cache) lookupLayer(flavor, id string) (layer, bool) {
 	return layer{id: id, dir: dir, root: filepath.Join(dir, "root"), manifest: m}, true
 }
 
+// EnsureTree builds the cached root tree of flavor (and of its parents)
+// without making an image or needing the kernel. `hangar image build --all`
+// calls it for every flavor first, so that the root trees are built while
+// the kernel compiles, and the images (which wait for the kernel) last.
+func (c *Cache) EnsureTree(ctx context.Context, flavor string, p Progress) error {
+	if p == nil {
+		p = NopProgress{}
+	}
+	_, err := c.ensureLayer(ctx, flavor, p)
+	return err
+}
+
 // ensureLayer returns the cached root tree of flavor, building it (and its
 // parents) when missing.
 func (c *Cache) ensureLayer(ctx context.Context, flavor string, p Progress) (layer, error) {

@@ -543,3 +543,45 @@ func TestRecoverAfterDaemonRestart(t *testing.T) {
 		t.Fatalf("recover of a stopped VM: %v, want ErrProcessGone", err)
 	}
 }
+
+func TestNetworkDeviceInNetns(t *testing.T) {
+	e := newBootEnv(t)
+	if os.Geteuid() != 0 {
+		prereq(t, "network namespaces and TAP devices need root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		prereq(t, "iproute2 (ip) not installed")
+	}
+	ns := fmt.Sprintf("hangar-vmmtest-%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	run("netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run("-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap", "vnet_hdr")
+	run("-n", ns, "link", "set", "tap0", "up")
+
+	spec := e.spec(t, "boot-net", "counter")
+	spec.Net = &vmm.NetSpec{TapName: "tap0", MAC: "02:00:00:00:00:07", NetnsPath: "/run/netns/" + ns}
+	h := e.start(t, spec)
+	waitConsole(t, h.ConsolePath(), regexp.MustCompile(`HANGARTEST-NET \S*eth0`), 60*time.Second)
+	// QEMU itself runs inside the namespace (the TAP exists only there).
+	var want, got syscall.Stat_t
+	if err := syscall.Stat(spec.Net.NetnsPath, &want); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", h.State().PID), &got); err != nil {
+		t.Fatal(err)
+	}
+	if want.Ino != got.Ino {
+		t.Fatalf("qemu in netns inode %d, want %d", got.Ino, want.Ino)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -326,10 +326,11 @@ type handle struct {
 	proc    *vmm.Process
 	accel   string
 	started time.Time
-	// qmp is set by connect before the handle is shared.
+	// qmp is set by connect before Start returns the handle; the exit
+	// watcher, which runs concurrently with Start, reads it under mu.
 	qmp *QMP
 
-	mu sync.Mutex // guards shutdownReason, stopping, released
+	mu sync.Mutex // guards qmp (writes, and reads by exitError), shutdownReason, stopping, released
 	// shutdownReason is the reason of QEMU's last SHUTDOWN event
 	// ("guest-shutdown", "guest-reset", "host-qmp-quit", "guest-panic").
 	shutdownReason string
@@ -349,7 +350,9 @@ func (h *handle) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect qmp: %w", err)
 	}
+	h.mu.Lock()
 	h.qmp = q
+	h.mu.Unlock()
 	events, _ := q.Subscribe()
 	go func() {
 		for ev := range events {
@@ -373,11 +376,14 @@ func (h *handle) connect(ctx context.Context) error {
 // where the exit status is unreadable, a guest power-off is still known to
 // be clean.
 func (h *handle) exitError(err error) error {
-	if h.qmp != nil {
+	h.mu.Lock()
+	q := h.qmp
+	h.mu.Unlock()
+	if q != nil {
 		// The QMP socket closes as QEMU exits; let the SHUTDOWN event,
 		// sent before, be processed.
 		select {
-		case <-h.qmp.Closed():
+		case <-q.Closed():
 		case <-time.After(500 * time.Millisecond):
 		}
 	}

@@ -46,6 +46,12 @@ func main() {
 	case "exit":
 		os.Exit(3)
 	case "counter":
+		ifaces, _ := os.ReadDir("/sys/class/net")
+		var names []string
+		for _, i := range ifaces {
+			names = append(names, i.Name())
+		}
+		fmt.Printf("HANGARTEST-NET %s\n", strings.Join(names, ","))
 		go echoAgentPort()
 		for i := 1; ; i++ {
 			fmt.Printf("hangartest tick %d\n", i)

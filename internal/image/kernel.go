@@ -163,9 +163,19 @@ func (c *Cache) buildKernel(ctx context.Context, id string, inputs map[string]st
 	}); err != nil {
 		return err
 	}
+	// An outer make (the repository Makefile runs `hangar image build`)
+	// exports its flags and jobserver to children; the kernel's make must
+	// not inherit them (its -j and output would follow the outer make's).
+	env := make([]string, 0, len(os.Environ()))
+	for _, e := range os.Environ() {
+		if k, _, _ := strings.Cut(e, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" && k != "MAKEOVERRIDES" {
+			env = append(env, e)
+		}
+	}
 	mk := func(args ...string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, "make", args...)
 		cmd.Dir = src
+		cmd.Env = env
 		return cmd
 	}
 	if err := b.step("extract source", func(*stepCtx) error {

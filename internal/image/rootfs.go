@@ -611,6 +611,9 @@ func validateService(name string, data []byte) (serviceDecl, error) {
 }
 
 func buildBrowserLayer(ctx context.Context, c *Cache, b *build, root string) error {
+	if err := b.step("check host", func(*stepCtx) error { return missingError(RootfsToolChecks()) }); err != nil {
+		return err
+	}
 	pk, err := embedded("flavors/browser.packages")
 	if err != nil {
 		return err

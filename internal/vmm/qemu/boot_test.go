@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -583,5 +584,94 @@ func TestNetworkDeviceInNetns(t *testing.T) {
 	defer cancel()
 	if err := h.Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMain lets the test binary play a short-lived hangar daemon: with
+// HANGAR_QEMU_TEST_DAEMON set to a spec (JSON) it starts that VM, prints
+// its State as JSON and exits without stopping it.
+func TestMain(m *testing.M) {
+	if js := os.Getenv("HANGAR_QEMU_TEST_DAEMON"); js != "" {
+		os.Exit(runTestDaemon(js))
+	}
+	os.Exit(m.Run())
+}
+
+func runTestDaemon(js string) int {
+	var spec vmm.Spec
+	if err := json.Unmarshal([]byte(js), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	spec.KernelArgs = os.Getenv("HANGAR_QEMU_TEST_ARGS")
+	d, err := New(Config{Accel: os.Getenv("HANGAR_TEST_ACCEL")})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(h.State()); err != nil {
+		return 1
+	}
+	// Exit as a crashing daemon would: no Stop, no Release.
+	return 0
+}
+
+func TestRecoverFromAnotherDaemonProcess(t *testing.T) {
+	e := newBootEnv(t)
+	spec := e.spec(t, "boot-xdaemon", "counter")
+	js, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "HANGAR_QEMU_TEST_DAEMON="+string(js), "HANGAR_QEMU_TEST_ARGS="+spec.KernelArgs)
+	cmd.Stderr = testWriter{t}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("first daemon: %v", err)
+	}
+	var st vmm.State
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("state %q: %v", out, err)
+	}
+	// The first daemon is gone; QEMU must not have gone with it.
+	if err := syscall.Kill(st.PID, 0); err != nil {
+		t.Fatalf("qemu died with its daemon: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(st.PID, syscall.SIGKILL) })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	h, err := e.d.Recover(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := waitTick(t, h, 2, 60*time.Second)
+	waitTick(t, h, n+2, 10*time.Second)
+	agentEcho(t, ctx, h, "second daemon")
+	// Not our child: its exit is still seen within a second, and a kill
+	// nobody asked for is not reported as clean.
+	began := time.Now()
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.Done():
+	case <-time.After(time.Second):
+		t.Fatal("exit of a re-attached qemu not noticed within 1 s")
+	}
+	t.Logf("MEASURED kill -9 of a re-attached (non-child) qemu noticed after %v", time.Since(began))
+	if !errors.Is(h.ExitErr(), vmm.ErrExitUnknown) {
+		t.Fatalf("exit error %v, want ErrExitUnknown", h.ExitErr())
 	}
 }

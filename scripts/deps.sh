@@ -5,9 +5,15 @@
 # Chromium for the dashboard tests).
 set -eu
 pkgs="qemu-system-x86 qemu-utils debootstrap linux-source-6.1 build-essential bc flex bison
-libelf-dev libssl-dev cpio xz-utils zstd e2fsprogs iproute2 nftables ca-certificates npm"
+libelf-dev libssl-dev cpio xz-utils zstd e2fsprogs iproute2 nftables ca-certificates"
 if [ "${1:-}" = test ]; then
 	pkgs="$pkgs postgresql chromium chromium-driver"
+fi
+# npm fetches Node.js and the CLIs for the images from the npm registry.
+# A Node.js installed outside Debian (it bundles npm) conflicts with
+# Debian's npm package, so only a missing npm command asks for it.
+if ! command -v npm >/dev/null 2>&1; then
+	pkgs="$pkgs npm"
 fi
 missing=""
 for p in $pkgs; do

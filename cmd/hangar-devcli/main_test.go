@@ -439,4 +439,3 @@ func TestStdlibOnly(t *testing.T) {
 		}
 	}
 }
-

@@ -15,8 +15,8 @@ import (
 
 // targetServer is "the internet": it records the paths it served.
 type targetServer struct {
-	name string
-	mu   sync.Mutex // guards paths
+	name  string
+	mu    sync.Mutex // guards paths
 	paths []string
 }
 

@@ -314,4 +314,3 @@ func (p *testUpstreamSOCKS) handle(c net.Conn) {
 	go func() { _, _ = io.Copy(up, r); up.Close() }()
 	_, _ = io.Copy(c, up)
 }
-

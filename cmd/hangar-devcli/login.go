@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -21,6 +23,7 @@ type loginOptions struct {
 	port     int
 	clientID string
 	timeout  time.Duration
+	paste    bool
 }
 
 func randomURLSafe() string {
@@ -53,13 +56,39 @@ type callbackResult struct {
 	err   error
 }
 
-func (e *env) login(ctx context.Context, o loginOptions) error {
+// loginIssuer is the issuer a login talks to, checked.
+func (e *env) loginIssuer() (string, error) {
 	issuer := e.issuer
 	if issuer == "" {
 		issuer = defaultIssuer
 	}
 	if u, err := url.Parse(issuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%w: --issuer %q is not an http(s) URL", errUsage, issuer)
+		return "", fmt.Errorf("%w: --issuer %q is not an http(s) URL", errUsage, issuer)
+	}
+	return issuer, nil
+}
+
+// authorizeURL builds the authorization request with a fresh PKCE verifier
+// and state.
+func authorizeURL(issuer, clientID, redirectURI string) (authURL, verifier, state string) {
+	verifier, state = randomURLSafe(), randomURLSafe()
+	sum := sha256.Sum256([]byte(verifier))
+	q := url.Values{
+		"response_type":         {"code"},
+		"client_id":             {clientID},
+		"redirect_uri":          {redirectURI},
+		"scope":                 {defaultScope},
+		"state":                 {state},
+		"code_challenge":        {base64.RawURLEncoding.EncodeToString(sum[:])},
+		"code_challenge_method": {"S256"},
+	}
+	return issuer + "/authorize?" + q.Encode(), verifier, state
+}
+
+func (e *env) login(ctx context.Context, o loginOptions) error {
+	issuer, err := e.loginIssuer()
+	if err != nil {
+		return err
 	}
 	ln, err := e.listenCallback(o.port)
 	if err != nil {
@@ -67,18 +96,7 @@ func (e *env) login(ctx context.Context, o loginOptions) error {
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	redirectURI := fmt.Sprintf("http://127.0.0.1:%d/auth/callback", port)
-	verifier, state := randomURLSafe(), randomURLSafe()
-	sum := sha256.Sum256([]byte(verifier))
-	q := url.Values{
-		"response_type":         {"code"},
-		"client_id":             {o.clientID},
-		"redirect_uri":          {redirectURI},
-		"scope":                 {defaultScope},
-		"state":                 {state},
-		"code_challenge":        {base64.RawURLEncoding.EncodeToString(sum[:])},
-		"code_challenge_method": {"S256"},
-	}
-	authURL := issuer + "/authorize?" + q.Encode()
+	authURL, verifier, state := authorizeURL(issuer, o.clientID, redirectURI)
 
 	results := make(chan callbackResult, 1)
 	var once sync.Once // the first callback with the right state decides
@@ -134,6 +152,56 @@ func (e *env) login(ctx context.Context, o loginOptions) error {
 	case <-ctx.Done():
 		return fmt.Errorf("login interrupted: %w", ctx.Err())
 	}
+}
+
+// loginPaste runs the login without a listener: the user pastes the code
+// the issuer's /code page shows.
+func (e *env) loginPaste(ctx context.Context, o loginOptions) error {
+	issuer, err := e.loginIssuer()
+	if err != nil {
+		return err
+	}
+	redirectURI := issuer + "/code"
+	authURL, verifier, state := authorizeURL(issuer, o.clientID, redirectURI)
+	fmt.Fprintf(e.stderr, "Open this URL in your browser to log in:\n%s\n", authURL)
+	fmt.Fprint(e.stderr, "Paste the code here: ")
+	lines := make(chan string, 1)
+	go func() {
+		// Left blocked on stdin if the login times out; the process exits.
+		line, err := bufio.NewReader(e.stdin).ReadString('\n')
+		if err != nil && line == "" {
+			close(lines)
+			return
+		}
+		lines <- strings.TrimSpace(line)
+	}()
+	timer := time.NewTimer(o.timeout)
+	defer timer.Stop()
+	var pasted string
+	select {
+	case line, ok := <-lines:
+		if !ok || line == "" {
+			return errors.New("no code was pasted")
+		}
+		pasted = line
+	case <-timer.C:
+		return fmt.Errorf("timed out after %s waiting for the code", o.timeout)
+	case <-ctx.Done():
+		return fmt.Errorf("login interrupted: %w", ctx.Err())
+	}
+	// The page shows code#state; a bare code is accepted too, since a
+	// person copied it by hand from the page this login opened.
+	code, gotState, hasState := strings.Cut(pasted, "#")
+	if hasState && subtle.ConstantTimeCompare([]byte(gotState), []byte(state)) != 1 {
+		return errors.New("the pasted code belongs to another login (state mismatch)")
+	}
+	res := e.finishLogin(ctx, issuer, o.clientID, redirectURI, verifier, url.Values{"code": {code}})
+	if res.err != nil {
+		return res.err
+	}
+	fmt.Fprintf(e.stderr, "Account: %s\n", res.email)
+	fmt.Fprintln(e.stderr, "Successfully logged in")
+	return nil
 }
 
 // finishLogin turns the callback's query into stored credentials.

@@ -7,10 +7,15 @@
 // It uses the standard library only and is built static (CGO_ENABLED=0) to
 // ship inside the cli and browser guest images.
 //
-//	hangar-devcli login  [--issuer URL] [--port 1455] [--client-id ID] [--timeout 10m]
+//	hangar-devcli login  [--issuer URL] [--port 1455] [--client-id ID] [--timeout 10m] [--paste]
 //	hangar-devcli whoami [--issuer URL]
 //	hangar-devcli prompt [--issuer URL] TEXT...   (TEXT from stdin when absent)
 //	hangar-devcli logout
+//
+// login --paste is the flow for a browser that cannot reach the CLI's
+// listener (Claude Code's "Paste code here if prompted"): redirect_uri is the
+// issuer's /code page, which shows code#state; the CLI prompts
+// "Paste the code here: " on stderr and reads it from stdin.
 //
 // The issuer is --issuer, else $HANGAR_DEV_ISSUER, else (for whoami and
 // prompt) the one recorded at login, else http://127.0.0.1:4000/dev-oauth.
@@ -43,7 +48,7 @@ const (
 var errUsage = errors.New("usage")
 
 const usage = `usage:
-  hangar-devcli login  [--issuer URL] [--port N] [--client-id ID] [--timeout D]
+  hangar-devcli login  [--issuer URL] [--port N] [--client-id ID] [--timeout D] [--paste]
   hangar-devcli whoami [--issuer URL]
   hangar-devcli prompt [--issuer URL] TEXT...
   hangar-devcli logout
@@ -97,6 +102,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.IntVar(&o.port, "port", defaultPort, "local callback port (falls back to a random port when busy)")
 		fs.StringVar(&o.clientID, "client-id", defaultClientID, "OAuth client id")
 		fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "how long to wait for the browser")
+		fs.BoolVar(&o.paste, "paste", false, "no local listener: the issuer's page shows a code to paste here")
 		if err := fs.Parse(rest); err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
@@ -104,6 +110,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return fmt.Errorf("%w: login takes no arguments", errUsage)
 		}
 		e.setIssuer(issuer)
+		if o.paste {
+			return e.loginPaste(ctx, o)
+		}
 		return e.login(ctx, o)
 	case "whoami":
 		if err := fs.Parse(rest); err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -115,6 +116,7 @@ type loginProc struct {
 	url    string
 	mu     sync.Mutex // guards stderr
 	stderr bytes.Buffer
+	stdin  io.WriteCloser
 	done   chan struct{}
 	code   int
 }
@@ -127,6 +129,9 @@ func (f *fixture) startLogin(args ...string) *loginProc {
 	p := &loginProc{cmd: f.cmd(append([]string{"login"}, args...)...), done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
+		f.t.Fatal(err)
+	}
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
 		f.t.Fatal(err)
 	}
 	if err := p.cmd.Start(); err != nil {
@@ -437,5 +442,48 @@ func TestStdlibOnly(t *testing.T) {
 		if line != "github.com/hangar-vm/hangar/cmd/hangar-devcli" {
 			t.Fatalf("hangar-devcli depends on %s", line)
 		}
+	}
+}
+
+var pastedCodeRE = regexp.MustCompile(`id="code">([^<]+)<`)
+
+func TestLoginPaste(t *testing.T) {
+	f := newFixture(t)
+	p := f.startLogin("--paste")
+	u, _ := url.Parse(p.url)
+	if got := u.Query().Get("redirect_uri"); got != f.issuer+"/code" {
+		t.Fatalf("paste redirect_uri = %q", got)
+	}
+	status, page := f.browse(p.url, "allow")
+	m := pastedCodeRE.FindStringSubmatch(page)
+	if status != 200 || m == nil || !strings.Contains(m[1], "#"+u.Query().Get("state")) {
+		t.Fatalf("code page = %d:\n%s", status, page)
+	}
+	// The code is typed back, the way the login driver answers the prompt.
+	if _, err := io.WriteString(p.stdin, html.UnescapeString(m[1])+"\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t); code != 0 || !strings.Contains(p.Stderr(), "Paste the code here: ") || !strings.Contains(p.Stderr(), "Successfully logged in") {
+		t.Fatalf("paste login exited %d:\n%s", code, p.Stderr())
+	}
+	if a, mode := f.readAuth(); mode != 0o600 || a.Account.Email != devoauth.DemoEmail {
+		t.Fatalf("auth.json after paste: mode %04o account %q", mode, a.Account.Email)
+	}
+	if out, _, code := f.run("", "whoami"); code != 0 || !strings.Contains(out, devoauth.DemoEmail) {
+		t.Fatalf("whoami after paste login = %d %q", code, out)
+	}
+
+	// A code from another login (wrong state) is refused.
+	f2 := newFixture(t)
+	p2 := f2.startLogin("--paste")
+	_, page = f2.browse(p2.url, "allow")
+	m = pastedCodeRE.FindStringSubmatch(page)
+	code, _, _ := strings.Cut(html.UnescapeString(m[1]), "#")
+	io.WriteString(p2.stdin, code+"#someone-elses-state\n")
+	if c := p2.wait(t); c != 1 || !strings.Contains(p2.Stderr(), "state mismatch") {
+		t.Fatalf("paste with a wrong state exited %d:\n%s", c, p2.Stderr())
+	}
+	if _, err := os.Stat(filepath.Join(f2.home, "auth.json")); !os.IsNotExist(err) {
+		t.Fatal("a mismatched paste wrote credentials")
 	}
 }

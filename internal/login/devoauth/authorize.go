@@ -157,12 +157,13 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !good {
 		s.mu.Lock()
 		ar.failures++
-		tooMany := ar.failures >= maxLoginFailures
+		failures := ar.failures
+		tooMany := failures >= maxLoginFailures
 		if tooMany {
 			delete(s.requests, key)
 		}
 		s.mu.Unlock()
-		s.log.Info("dev oauth login failed", "username", username, "client_id", ar.clientID, "failures", ar.failures)
+		s.log.Info("dev oauth login failed", "username", username, "client_id", ar.clientID, "failures", failures)
 		if tooMany {
 			redirectError(w, r, ar.redirectURI, ar.state, "access_denied", "too many failed sign-in attempts")
 			return

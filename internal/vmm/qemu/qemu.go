@@ -330,7 +330,10 @@ type handle struct {
 	// watcher, which runs concurrently with Start, reads it under mu.
 	qmp *QMP
 
-	mu sync.Mutex // guards qmp (writes, and reads by exitError), shutdownReason, stopping, released
+	mu sync.Mutex // guards qmp (writes, and reads by exitError), eventsDrained, shutdownReason, stopping, released
+	// eventsDrained is closed when the QMP event follower has seen the
+	// connection end.
+	eventsDrained chan struct{}
 	// shutdownReason is the reason of QEMU's last SHUTDOWN event
 	// ("guest-shutdown", "guest-reset", "host-qmp-quit", "guest-panic").
 	shutdownReason string
@@ -354,7 +357,15 @@ func (h *handle) connect(ctx context.Context) error {
 	h.qmp = q
 	h.mu.Unlock()
 	events, _ := q.Subscribe()
+	drained := make(chan struct{})
+	h.mu.Lock()
+	h.eventsDrained = drained
+	h.mu.Unlock()
 	go func() {
+		// The channel closes after the read loop has dispatched QEMU's
+		// last message: exitError waits for that to know the final
+		// SHUTDOWN reason.
+		defer close(drained)
 		for ev := range events {
 			if ev.Name == "SHUTDOWN" {
 				var data struct {
@@ -377,14 +388,14 @@ func (h *handle) connect(ctx context.Context) error {
 // be clean.
 func (h *handle) exitError(err error) error {
 	h.mu.Lock()
-	q := h.qmp
+	drained := h.eventsDrained
 	h.mu.Unlock()
-	if q != nil {
+	if drained != nil {
 		// The QMP socket closes as QEMU exits; let the SHUTDOWN event,
 		// sent before, be processed.
 		select {
-		case <-q.Closed():
-		case <-time.After(500 * time.Millisecond):
+		case <-drained:
+		case <-time.After(time.Second):
 		}
 	}
 	h.mu.Lock()

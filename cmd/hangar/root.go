@@ -32,6 +32,7 @@ func newRootCmd() *cobra.Command {
 		newUserCmd(o),
 		newEventsCmd(o),
 		newVMCmd(o),
+		newKeysCmd(o),
 		newVersionCmd(),
 		newImageCmd(o),
 		newDoctorCmd(o),

@@ -222,6 +222,7 @@ func (p *testUpstreamHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // username/password and records the targets it connected.
 type testUpstreamSOCKS struct {
 	user, pass string
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
 	mu         sync.Mutex // guards seen and refused
 	seen       []string
 	refused    int
@@ -304,7 +305,11 @@ func (p *testUpstreamSOCKS) handle(c net.Conn) {
 	p.mu.Lock()
 	p.seen = append(p.seen, target)
 	p.mu.Unlock()
-	up, err := net.Dial("tcp", target)
+	dial := p.dial
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	up, err := dial(context.Background(), "tcp", target)
 	if err != nil {
 		_, _ = c.Write([]byte{5, 5, 0, 1, 0, 0, 0, 0, 0, 0})
 		return

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -92,6 +93,22 @@ func New(cfg Config) *Driver {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Driver{cfg: cfg, log: log}
+}
+
+// Available says whether this driver can run VMs here: the binary is on
+// PATH (or at the configured path) and KVM is usable. The daemon's "auto"
+// backend choice uses it; the error says what is missing.
+func Available(binary string) error {
+	if binary == "" {
+		binary = "firecracker"
+	}
+	if _, err := exec.LookPath(binary); err != nil {
+		return fmt.Errorf("firecracker binary: %w", err)
+	}
+	if ok, why := vmm.DetectKVM(); !ok {
+		return fmt.Errorf("firecracker needs kvm: %s", why)
+	}
+	return nil
 }
 
 // Name implements vmm.Driver.

@@ -384,3 +384,14 @@ func TestBootArgs(t *testing.T) {
 		t.Fatalf("initrd boot args %q", got)
 	}
 }
+
+func TestAvailable(t *testing.T) {
+	if err := Available(filepath.Join(t.TempDir(), "no-firecracker")); err == nil || !strings.Contains(err.Error(), "binary") {
+		t.Fatalf("missing binary: %v", err)
+	}
+	exe, _ := os.Executable()
+	err := Available(exe)
+	if ok, _ := vmm.DetectKVM(); ok != (err == nil) {
+		t.Fatalf("kvm usable=%v but Available = %v", ok, err)
+	}
+}

@@ -447,6 +447,11 @@ func TestSnapshotAndRestore(t *testing.T) {
 		t.Fatalf("resume after snapshot: %v", err)
 	}
 	waitTick(t, h, atSnap+2, 10*time.Second)
+	// A second snapshot after the resume works too (QEMU re-activated the
+	// disks the first migration had inactivated).
+	if _, err := h.Snapshot(ctx, filepath.Join(filepath.Dir(snapDir), "snap2"), vmm.SnapshotOptions{}); err != nil {
+		t.Fatalf("second snapshot: %v", err)
+	}
 	// ...and is stopped, as for hibernation.
 	if err := h.Stop(ctx); err != nil {
 		t.Fatal(err)

@@ -125,8 +125,9 @@ type Manager struct {
 	nameRE     *regexp.Regexp // namespace names this manager owns
 	linkRE     *regexp.Regexp // host link names this manager owns
 
-	mu     sync.Mutex // guards used, idle, slots, closed, making
-	used   map[int]bool
+	mu       sync.Mutex // guards used, reserved, idle, slots, closed, making
+	used     map[int]bool
+	reserved map[int]bool // subset of used: known to Reclaim, not adopted yet
 	idle   []*Slot
 	slots  map[string]*Slot // handed out by Acquire or Adopt
 	making int              // pool slots being created
@@ -155,6 +156,7 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 		nameRE:     regexp.MustCompile(`^` + cfg.Prefix + `-([0-9]+)(-guest)?$`),
 		linkRE:     regexp.MustCompile(`^` + cfg.Prefix + `v([0-9]+)$`),
 		used:       map[int]bool{},
+		reserved:   map[int]bool{},
 		slots:      map[string]*Slot{},
 		refill:     make(chan struct{}, 1),
 		stop:       make(chan struct{}),
@@ -630,19 +632,52 @@ func (m *Manager) Reclaim(ctx context.Context, known []string) ([]string, error)
 	owned := func(i int) bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if m.used[i] {
-			return true
-		}
 		if keep[i] {
-			m.used[i] = true // reserved for Adopt
+			if !m.used[i] {
+				m.used[i], m.reserved[i] = true, true // for Adopt
+			}
 			return true
 		}
-		return false
+		if m.reserved[i] {
+			// Known at an earlier Reclaim, never adopted, and no longer
+			// known: its VM is gone.
+			delete(m.reserved, i)
+			delete(m.used, i)
+			return false
+		}
+		return m.used[i]
 	}
 
-	names, err := listNamedNS(m.cfg.Prefix + "-")
+	// Links first: removing a namespace takes its veth pair with it,
+	// asynchronously, which would make this report depend on timing.
+	h, err := m.hostHandle()
 	if err != nil {
 		return nil, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list host links: %w", err)
+	}
+	for _, l := range links {
+		name := l.Attrs().Name
+		g := m.linkRE.FindStringSubmatch(name)
+		if g == nil {
+			continue
+		}
+		i, err := strconv.Atoi(g[1])
+		if err != nil || i >= m.capacity || owned(i) {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete link %s: %w", name, err))
+			continue
+		}
+		removed = append(removed, "link:"+name)
+	}
+	names, err := listNamedNS(m.cfg.Prefix + "-")
+	if err != nil {
+		return removed, err
 	}
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
@@ -663,31 +698,6 @@ func (m *Manager) Reclaim(ctx context.Context, known []string) ([]string, error)
 		removed = append(removed, "netns:"+name)
 	}
 
-	h, err := m.hostHandle()
-	if err != nil {
-		return removed, err
-	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return removed, fmt.Errorf("list host links: %w", err)
-	}
-	for _, l := range links {
-		name := l.Attrs().Name
-		g := m.linkRE.FindStringSubmatch(name)
-		if g == nil {
-			continue
-		}
-		i, err := strconv.Atoi(g[1])
-		if err != nil || i >= m.capacity || owned(i) {
-			continue
-		}
-		if err := h.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete link %s: %w", name, err))
-			continue
-		}
-		removed = append(removed, "link:"+name)
-	}
 	if err := m.installHostRules(); err != nil {
 		errs = append(errs, err)
 	}
@@ -721,18 +731,19 @@ func (m *Manager) Adopt(ctx context.Context, id, owner string, p Policy) (*Slot,
 		m.mu.Unlock()
 		return s, nil
 	}
-	if slices.ContainsFunc(m.idle, func(s *Slot) bool { return s.id == id }) {
+	if m.used[i] && !m.reserved[i] {
 		m.mu.Unlock()
-		return nil, fmt.Errorf("adopt slot %s: it is an idle pool slot", id)
+		return nil, fmt.Errorf("adopt slot %s: index %d is in use by this manager", id, i)
 	}
 	m.used[i] = true
+	delete(m.reserved, i)
 	m.mu.Unlock()
 
 	s := &Slot{m: m, id: id, index: i, hostVeth: m.vethName(i)}
 	s.hostAddr, s.slotAddr = m.addrs(i)
 	fail := func(err error) (*Slot, error) {
 		m.mu.Lock()
-		delete(m.used, i)
+		delete(m.used, i) // a later Reclaim removes what is left of it
 		m.mu.Unlock()
 		if s.ns.IsOpen() {
 			s.ns.Close()

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -187,8 +188,11 @@ func (e *testEnv) checkHostClean(t *testing.T) {
 	if _, err := c.ListTableOfFamily(e.prefix, nftables.TableFamilyINet); !errors.Is(err, unix.ENOENT) {
 		t.Errorf("host table %s left: %v", e.prefix, err)
 	}
-	if names, _ := listNamedNS(e.prefix); len(names) > 0 {
-		t.Errorf("slot namespaces left: %v", names)
+	names, _ := listNamedNS(e.prefix)
+	for _, n := range names {
+		if regexp.MustCompile(`^` + e.prefix + `-[0-9]+`).MatchString(n) {
+			t.Errorf("slot namespace %s left", n)
+		}
 	}
 }
 

@@ -345,6 +345,13 @@ type handle struct {
 // connect dials QMP (QEMU creates the socket early in start-up) and
 // follows its events.
 func (h *handle) connect(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		// QEMU serves one QMP client at a time: if another one (a stale
+		// daemon) holds the socket, the greeting never comes.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
 	conn, err := vmm.DialUnixUntil(ctx, h.paths.qmp, h.proc.Done())
 	if err != nil {
 		return fmt.Errorf("connect qmp: %w", err)

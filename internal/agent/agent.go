@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -72,6 +73,10 @@ type Agent struct {
 	bootAtStart time.Duration
 	handler     http.Handler
 
+	reverseMu sync.Mutex // guards reverse
+	// reverse holds the guest listeners of reverse forwards, by address.
+	reverse map[string]net.Listener
+
 	shutdownOnce sync.Once
 	// done is closed when a shutdown has completed.
 	done chan struct{}
@@ -95,7 +100,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Version == "" {
 		cfg.Version = "dev"
 	}
-	a := &Agent{cfg: cfg, events: newEventBus(), started: cfg.Now(), bootAtStart: bootClock(), done: make(chan struct{})}
+	a := &Agent{cfg: cfg, events: newEventBus(), started: cfg.Now(), bootAtStart: bootClock(), done: make(chan struct{}), reverse: map[string]net.Listener{}}
 	if cfg.Console != nil {
 		a.console = newConsoleSink(cfg.Console)
 	}
@@ -239,6 +244,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("PUT "+proto.PathFiles, a.handlePutFile)
 	mux.HandleFunc("GET "+proto.PathFiles, a.handleGetFile)
 	mux.HandleFunc("POST "+proto.PathForward, a.handleForward)
+	mux.HandleFunc("POST "+proto.PathReverse, a.handleReverse)
 	mux.HandleFunc("POST "+proto.PathClock, func(w http.ResponseWriter, r *http.Request) {
 		var req proto.ClockRequest
 		if !readJSON(w, r, &req) {

@@ -88,6 +88,7 @@ func (a *Agent) serveSession(ctx context.Context, conn io.ReadWriteCloser) error
 		Handler:           a.handler,
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          log.New(newLineWriter(a.logs, proto.AgentService), "http: ", 0),
+		ConnContext:       withSession(sess),
 	}
 	go func() {
 		select {

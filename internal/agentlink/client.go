@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -43,6 +44,11 @@ type Client struct {
 	token        string
 	agentVersion string
 	log          *slog.Logger
+
+	reverseMu sync.Mutex // guards reverse
+	// reverse maps reverse-forward names to their handlers; nil until the
+	// first Reverse starts the accept loop.
+	reverse map[string]ReverseHandler
 }
 
 // bufferedConn reads through the handshake's reader, which may hold the

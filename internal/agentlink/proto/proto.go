@@ -37,6 +37,7 @@ const (
 	PathClock    = PathPrefix + "/clock"
 	PathShutdown = PathPrefix + "/shutdown"
 	PathForward  = PathPrefix + "/forward"
+	PathReverse  = PathPrefix + "/reverse"
 )
 
 // TokenHeader carries the per-VM token on every request. The agent compares
@@ -309,3 +310,18 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// ReverseRequest is the body of POST /v1/reverse: listen on Listen inside
+// the guest (a 127.0.0.1 address) and carry every connection to the host
+// as a new stream the agent opens, tagged with Name. The listener lives as
+// long as the host session that asked for it. It lets guest programs reach
+// a service the host chooses (the dev OAuth provider) without any guest
+// network and without exposing anything else of the host.
+type ReverseRequest struct {
+	Listen string `json:"listen"`
+	Name   string `json:"name"`
+}
+
+// ReverseMagic starts the first line of a stream the agent opens for a
+// reverse-forwarded connection: ReverseMagic + name + "\n".
+const ReverseMagic = "HANGAR-REVERSE/1 "

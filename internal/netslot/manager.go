@@ -128,10 +128,10 @@ type Manager struct {
 	mu       sync.Mutex // guards used, reserved, idle, slots, closed, making
 	used     map[int]bool
 	reserved map[int]bool // subset of used: known to Reclaim, not adopted yet
-	idle   []*Slot
-	slots  map[string]*Slot // handed out by Acquire or Adopt
-	making int              // pool slots being created
-	closed bool
+	idle     []*Slot
+	slots    map[string]*Slot // handed out by Acquire or Adopt
+	making   int              // pool slots being created
+	closed   bool
 
 	refill chan struct{}
 	stop   chan struct{}
@@ -187,7 +187,6 @@ func NewManager(ctx context.Context, cfg Config) (*Manager, error) {
 	m.wg.Add(1)
 	go m.fillPool()
 	m.kick()
-	_ = ctx
 	return m, nil
 }
 
@@ -851,7 +850,6 @@ func (m *Manager) Close(ctx context.Context) error {
 		}
 	}
 	m.hostNS.Close()
-	_ = ctx
 	return errors.Join(errs...)
 }
 

@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.vms = vm.New(vm.Config{
 		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
 		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
-	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}}, driver, log.With("component", "vm"))
+	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
 	if err := d.vms.Recover(ctx); err != nil {

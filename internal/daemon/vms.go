@@ -12,6 +12,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/image"
 	"github.com/hangar-vm/hangar/internal/vmm"
+	"github.com/hangar-vm/hangar/internal/vmm/firecracker"
 	"github.com/hangar-vm/hangar/internal/vmm/qemu"
 )
 
@@ -21,6 +22,9 @@ import (
 type imageSource struct {
 	cache *image.Cache
 	log   *slog.Logger
+	// vmlinux selects the uncompressed ELF kernel (Firecracker) instead
+	// of the bzImage (QEMU).
+	vmlinux bool
 
 	mu     sync.Mutex // guards images
 	images map[string]image.Image
@@ -50,6 +54,9 @@ func (s *imageSource) Kernel(ctx context.Context) (string, string, error) {
 	img, err := s.ensure(ctx, "base")
 	if err != nil {
 		return "", "", err
+	}
+	if s.vmlinux {
+		return img.Kernel.Vmlinux, img.Kernel.Version, nil
 	}
 	return img.Kernel.BzImage, img.Kernel.Version, nil
 }
@@ -84,8 +91,20 @@ func newImageCache(dataDir string, log *slog.Logger) *image.Cache {
 func newDriver(cfg config.Config, log *slog.Logger) (vmm.Driver, error) {
 	switch cfg.Hypervisor {
 	case "firecracker":
-		return nil, fmt.Errorf("hypervisor firecracker: the Firecracker driver is not wired into the daemon yet (see README, what is unverified); use qemu")
-	case "auto", "qemu":
+		if err := firecracker.Available(""); err != nil {
+			return nil, fmt.Errorf("hypervisor firecracker: %w", err)
+		}
+		log.Warn("the Firecracker driver has not been verified against a real Firecracker yet (see README)")
+		return firecracker.New(firecracker.Config{Logger: log}), nil
+	case "auto":
+		if err := firecracker.Available(""); err == nil {
+			log.Warn("the Firecracker driver has not been verified against a real Firecracker yet (see README)")
+			return firecracker.New(firecracker.Config{Logger: log}), nil
+		} else {
+			log.Info("using QEMU", "firecracker", err.Error())
+		}
+		return qemu.New(qemu.Config{Accel: cfg.Accel, Logger: log})
+	case "qemu":
 		return qemu.New(qemu.Config{Accel: cfg.Accel, Logger: log})
 	default:
 		return nil, fmt.Errorf("unknown hypervisor %q", cfg.Hypervisor)

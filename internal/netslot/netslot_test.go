@@ -547,6 +547,41 @@ func TestSlots(t *testing.T) {
 		}
 	})
 
+	t.Run("concurrent", func(t *testing.T) {
+		const n = 4
+		errs := make(chan error, n)
+		ids := make(chan string, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				s, err := m.Acquire(ctx, fmt.Sprintf("u-c%d", i), Policy{Mode: ModeFull})
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids <- s.ID()
+				g, err := netns.GetFromPath(NetNSPath(s.guestNS))
+				if err == nil {
+					_, err = httpGetFrom(g, url1, "")
+					g.Close()
+				}
+				errs <- errors.Join(err, m.Release(ctx, s))
+			}()
+		}
+		seen := map[string]bool{}
+		for i := 0; i < n; i++ {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		close(ids)
+		for id := range ids {
+			if seen[id] {
+				t.Errorf("slot %s handed out twice", id)
+			}
+			seen[id] = true
+		}
+	})
+
 	t.Run("start_in_netns", func(t *testing.T) {
 		s, err := m.Acquire(ctx, "u-exec", Policy{Mode: ModeNone})
 		if err != nil {

@@ -129,6 +129,9 @@ type AuthSession struct {
 	UpdatedAt  time.Time
 	ExpiresAt  time.Time // zero: no deadline
 	FinishedAt time.Time // zero while the session is live
+	// Details is a JSON object the login manager owns (OAuth URL, device
+	// code, phase timings); never a token.
+	Details []byte
 }
 
 // Credential is a user's sealed credential for one provider. The store

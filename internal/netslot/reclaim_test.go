@@ -127,6 +127,28 @@ func TestReclaim(t *testing.T) {
 		}
 	}
 
+	found, err := Scan(ctx, e.prefix, NetNSPath(e.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scanned []string
+	for _, f := range found {
+		scanned = append(scanned, f.Kind+":"+f.Name+"@"+f.SlotID)
+	}
+	wantScan := []string{
+		"link:" + keep.hostVeth + "@" + keep.ID(), "link:" + lost.hostVeth + "@" + lost.ID(),
+		"link:" + forgotten.hostVeth + "@" + forgotten.ID(), "link:" + e.prefix + "v91@" + e.prefix + "-91",
+		"netns:" + keep.ID() + "@" + keep.ID(), "netns:" + keep.guestNS + "@" + keep.ID(),
+		"netns:" + lost.ID() + "@" + lost.ID(), "netns:" + lost.guestNS + "@" + lost.ID(),
+		"netns:" + forgotten.ID() + "@" + forgotten.ID(), "netns:" + forgotten.guestNS + "@" + forgotten.ID(),
+		"netns:" + e.prefix + "-90@" + e.prefix + "-90",
+	}
+	slices.Sort(scanned)
+	slices.Sort(wantScan)
+	if !slices.Equal(scanned, wantScan) {
+		t.Fatalf("Scan found %q, want %q", scanned, wantScan)
+	}
+
 	cfg2 := e.config(t)
 	cfg2.PoolSize = 1
 	m2 := newTestManager(t, e, cfg2)

@@ -69,11 +69,26 @@ func findSourceDir() (string, error) {
 	}
 }
 
-// agent returns the agent binary for this build: the configured prebuilt
-// one; else one freshly built from the source tree (a no-op rebuild when
-// nothing changed takes about a second thanks to Go's build cache); else,
-// outside a source tree, the hangar-agent next to the running executable.
+// agent returns the agent binary for this cache's builds, resolved once per
+// Cache: the configured prebuilt one; else one freshly built from the source
+// tree (a no-op rebuild takes about a second thanks to Go's build cache);
+// else, outside a source tree, the hangar-agent next to the running
+// executable.
 func (c *Cache) agent(ctx context.Context, p Progress) (agentBin, error) {
+	c.agentMu.Lock()
+	defer c.agentMu.Unlock()
+	if c.agentMemo != nil && fileExists(c.agentMemo.path) {
+		return *c.agentMemo, nil
+	}
+	a, err := c.resolveAgent(ctx)
+	if err != nil {
+		return agentBin{}, err
+	}
+	c.agentMemo = &a
+	return a, nil
+}
+
+func (c *Cache) resolveAgent(ctx context.Context) (agentBin, error) {
 	if c.agentBinary != "" {
 		return c.describeAgent(ctx, c.agentBinary, "")
 	}

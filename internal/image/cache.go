@@ -33,6 +33,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -57,6 +58,12 @@ type Cache struct {
 	headroom     int64 // bytes of free space added to each rootfs
 	jobs         int
 	flavors      map[string]*flavorDef
+
+	agentMu sync.Mutex // guards agentMemo
+	// agentMemo is the agent resolved by the first build of this Cache:
+	// one `build --all` (or one daemon run) puts the same agent into every
+	// image, even when the source tree changes while it runs.
+	agentMemo *agentBin
 }
 
 // Option configures a Cache.

@@ -170,9 +170,10 @@ func (c *Cache) install(from, name string) error {
 	return nil
 }
 
-// quarantine moves a (corrupt or half-valid) artifact out of the way so that
-// nothing can pick it up, then deletes it.
-func (c *Cache) quarantine(name string) error {
+// quarantine moves an artifact (corrupt, half-valid, or no longer wanted)
+// out of the way so that nothing can pick it up, then deletes it. why is
+// logged: "corrupt" at warning level, anything else (gc, rm) as info.
+func (c *Cache) quarantine(name, why string) error {
 	dir := filepath.Join(c.root, name)
 	if _, err := os.Lstat(dir); err != nil {
 		return nil
@@ -184,7 +185,11 @@ func (c *Cache) quarantine(name string) error {
 	if err := os.Rename(dir, tmp); err != nil {
 		return fmt.Errorf("move aside %s: %w", name, err)
 	}
-	c.log.Warn("removed unusable cached artifact", "artifact", name)
+	if why == "corrupt" {
+		c.log.Warn("removed unusable cached artifact", "artifact", name)
+	} else {
+		c.log.Info("removed cached artifact", "artifact", name, "reason", why)
+	}
 	return removeTree(tmp)
 }
 

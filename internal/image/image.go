@@ -170,7 +170,7 @@ func (c *Cache) Ensure(ctx context.Context, flavor string, p Progress) (Image, e
 		p.Report(StepEvent{Artifact: art, State: StepCached, Note: name})
 		return img, nil
 	}
-	if err := c.quarantine(name); err != nil {
+	if err := c.quarantine(name, "corrupt"); err != nil {
 		return Image{}, err
 	}
 	if err := c.buildImage(ctx, flavor, in, lay, kernel, p); err != nil {
@@ -457,7 +457,7 @@ func (c *Cache) Remove(ctx context.Context, ref string) ([]string, error) {
 		if err != nil {
 			return removed, err
 		}
-		err = c.quarantine(rel)
+		err = c.quarantine(rel, "removed by request")
 		lock.unlock()
 		if err != nil {
 			return removed, err
@@ -494,7 +494,7 @@ func (c *Cache) GC(ctx context.Context, opts GCOptions) ([]string, error) {
 		if opts.DryRun {
 			return nil
 		}
-		return c.quarantine(rel)
+		return c.quarantine(rel, "gc")
 	}
 	entries, err := c.List(ctx)
 	if err != nil {

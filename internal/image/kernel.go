@@ -126,7 +126,7 @@ func (c *Cache) EnsureKernel(ctx context.Context, p Progress) (Kernel, error) {
 		p.Report(StepEvent{Artifact: "kernel", State: StepCached, Note: name + " " + k.Version})
 		return k, nil
 	}
-	if err := c.quarantine(name); err != nil {
+	if err := c.quarantine(name, "corrupt"); err != nil {
 		return Kernel{}, err
 	}
 	if err := c.buildKernel(ctx, id, each, in["fragment"], p); err != nil {

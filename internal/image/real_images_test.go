@@ -139,6 +139,10 @@ func TestCachedImagesContent(t *testing.T) {
 			if !strings.Contains(string(st), "Mode:  0755") || !strings.Contains(string(st), "User:     0") {
 				t.Errorf("agent inode:\n%s", st)
 			}
+			sd, err := exec.Command("debugfs", "-R", "stat "+ServicesDir, img.Rootfs).Output()
+			if err != nil || !strings.Contains(string(sd), "Type: directory") {
+				t.Errorf("%s is not a directory in the image: %v\n%s", ServicesDir, err, sd)
+			}
 			if flavor == FlavorBase {
 				return
 			}

@@ -174,7 +174,7 @@ func (c *Cache) ensureLayer(ctx context.Context, flavor string, p Progress) (lay
 		p.Report(StepEvent{Artifact: art, State: StepCached, Note: short(id)})
 		return l, nil
 	}
-	if err := c.quarantine(name); err != nil {
+	if err := c.quarantine(name, "corrupt"); err != nil {
 		return layer{}, err
 	}
 	start := time.Now()

@@ -36,6 +36,9 @@ type Options struct {
 	// Registry receives the HTTP metrics; nil makes a private one with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
+	// Root serves every path no other route claims (the dashboard); nil
+	// answers a JSON 404.
+	Root http.Handler
 }
 
 // Server serves the API. Build it with New, mount Handler, and call
@@ -100,9 +103,10 @@ func (s *Server) Close() {
 type access int
 
 const (
-	public access = iota // no key needed (health, metrics)
-	authed               // any valid key
-	admin                // a key of an admin user
+	public        access = iota // no key needed, not limited (health, metrics)
+	publicLimited               // no key needed, limited per address (dev OAuth, live view, dashboard)
+	authed                      // any valid key
+	admin                       // a key of an admin user
 )
 
 // handlerFunc is a route's handler: it returns an error rather than writing
@@ -129,9 +133,15 @@ func (s *Server) routes() {
 	for _, rt := range table {
 		s.handle(rt)
 	}
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	s.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
 	})
+	if s.opts.Root == nil {
+		s.opts.Root = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
+		})
+	}
+	s.MountPublic("/", s.opts.Root)
 }
 
 // handle mounts a route behind the middleware chain: request id, logging,
@@ -140,7 +150,10 @@ func (s *Server) handle(rt route) { s.handleLimit(rt, s.opts.MaxBodyBytes) }
 
 // handleLimit is handle with its own request body limit (uploads).
 func (s *Server) handleLimit(rt route, maxBody int64) {
-	_, path, _ := strings.Cut(rt.pattern, " ")
+	path := rt.pattern
+	if _, p, ok := strings.Cut(rt.pattern, " "); ok {
+		path = p
+	}
 	s.mux.Handle(rt.pattern, s.wrap(path, rt.access, maxBody, rt.handler))
 }
 
@@ -272,6 +285,14 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 	if acc == public {
 		// Health and metrics are probes; limiting them would make a busy
 		// monitor look like an outage.
+		return nil
+	}
+	if acc == publicLimited {
+		if ok, retry := s.limiter.allow("addr:" + clientAddr(r)); !ok {
+			secs := max(int(retry.Seconds()+0.999), 1)
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+		}
 		return nil
 	}
 	key, hasKey := bearer(r)

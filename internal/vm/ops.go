@@ -434,3 +434,62 @@ func (m *Manager) HypervisorPID(id string) int {
 	}
 	return in.handle.State().PID
 }
+
+// Link returns the agent link of a ready VM the caller may use; subsystems
+// (the login driver) talk to the agent through it.
+func (m *Manager) Link(ctx context.Context, caller store.User, id string) (*agentlink.Client, error) {
+	return m.readyClient(ctx, caller, id)
+}
+
+// WaitReady waits until the VM is ready, failing early when it fails or is
+// destroyed.
+func (m *Manager) WaitReady(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	for {
+		v, err := m.get(ctx, caller, id)
+		if err != nil {
+			return api.VM{}, err
+		}
+		switch v.State {
+		case api.VMReady:
+			if m.inst(id).client() != nil {
+				return m.toAPI(v), nil
+			}
+		case api.VMFailed, api.VMDestroyed, api.VMStopped:
+			return m.toAPI(v), fmt.Errorf("vm %s is %s: %s", id, v.State, v.LastError)
+		}
+		select {
+		case <-ctx.Done():
+			return m.toAPI(v), ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// DestroyTaskKind is the durable task that destroys a VM (throwaway login
+// VMs after their purpose ended). Its payload is DestroyTask.
+const DestroyTaskKind = "vm.destroy"
+
+// DestroyTask is the payload of a vm.destroy task.
+type DestroyTask struct {
+	VMID string `json:"vm_id"`
+}
+
+// RunDestroyTask is the handler of vm.destroy: idempotent, so a task run
+// again after a daemon crash does no harm.
+func (m *Manager) RunDestroyTask(ctx context.Context, payload []byte) error {
+	var p DestroyTask
+	if err := json.Unmarshal(payload, &p); err != nil || p.VMID == "" {
+		return fmt.Errorf("bad vm.destroy payload: %v", err)
+	}
+	v, err := m.store.GetVM(ctx, p.VMID, "")
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if v.State == api.VMDestroyed {
+		return nil
+	}
+	return m.destroy(ctx, v)
+}

@@ -21,12 +21,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/agent"
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
+	"github.com/hangar-vm/hangar/internal/devcli"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -35,6 +37,12 @@ var version = "dev"
 const servicesDir = "/etc/hangar/services.d"
 
 func main() {
+	// One static binary serves two programs in the images: the agent, and
+	// the dev provider's CLI through the /usr/local/bin/hangar-devcli
+	// symlink (busybox style), so the images need no second Go binary.
+	if filepath.Base(os.Args[0]) == "hangar-devcli" {
+		os.Exit(devcli.Main(os.Args[1:]))
+	}
 	if os.Getpid() == 1 {
 		runPID1()
 		return

@@ -21,6 +21,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/events"
 	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/image"
+	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
@@ -49,6 +50,7 @@ type Daemon struct {
 	runner  *tasks.Runner
 	images  *image.Cache
 	vms     *vm.Manager
+	logins  *login.Manager
 	srv     *http.Server
 	ln      net.Listener
 	closers []closer // run in reverse order by Shutdown
@@ -104,14 +106,24 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.vms = vm.New(vm.Config{
 		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
 		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
+		StopOnClose: cfg.VMShutdownPolicy == "stop",
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
 	if err := d.vms.Recover(ctx); err != nil {
 		return nil, fmt.Errorf("recover vms: %w", err)
 	}
-	// VMs keep running when the daemon stops; the next one re-attaches.
+	// By default VMs keep running when the daemon stops and the next one
+	// re-attaches (vm_shutdown_policy=leave); "stop" stops them in Close.
 	d.closers = append(d.closers, closer{"vms", func(context.Context) error { d.vms.Close(); return nil }})
+	// Throwaway VMs (login browsers) are destroyed through the durable
+	// queue, so a destroy survives a daemon crash.
+	d.runner.Register(vm.DestroyTaskKind, func(ctx context.Context, t store.Task) error {
+		return d.vms.RunDestroyTask(ctx, t.Payload)
+	})
+	if err := d.setupLogins(ctx, log); err != nil {
+		return nil, err
+	}
 	if os.Getenv("HANGAR_DEBUG_TASKS") == "1" {
 		d.runner.Register(DebugTaskKind, debugTask)
 		log.Warn("debug task kind enabled (HANGAR_DEBUG_TASKS=1); for tests only")
@@ -171,6 +183,7 @@ func (d *Daemon) Listen() (net.Addr, error) {
 		return nil, fmt.Errorf("listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.ln = ln
+	d.logins.SetPublicDevOAuthURL("http://" + ln.Addr().String() + "/dev-oauth")
 	return ln.Addr(), nil
 }
 
@@ -189,6 +202,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { defer d.bg.Done(); d.runner.Run(bgctx) }()
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.periodic(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.reconcileLoop(bgctx) }()
 	if d.cfg.BuildImages {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()
@@ -251,6 +266,23 @@ func (d *Daemon) periodic(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// reconcileLoop compares the store with the host every ReconcileInterval
+// (the pass at start ran in Recover).
+func (d *Daemon) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(time.Duration(d.cfg.ReconcileInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := d.vms.Reconcile(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("reconcile", "err", err)
 		}
 	}
 }

@@ -281,6 +281,9 @@ func (c *Cache) injectAgent(ctx context.Context, b *build, img string, ag agentB
 		"sif " + AgentPath + " mode 0100755",
 		"sif " + AgentPath + " uid 0",
 		"sif " + AgentPath + " gid 0",
+		// The agent binary is also the dev provider's CLI when called
+		// by this name (see cmd/hangar-agent).
+		"symlink " + DevCLIPath + " " + AgentPath,
 		"",
 	}, "\n")
 	cmdFile := filepath.Join(tmp, "debugfs.cmd")

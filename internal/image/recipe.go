@@ -22,7 +22,7 @@ import (
 const (
 	kernelRecipe = "kernel-v1"
 	layerRecipe  = "layer-v1"
-	imageRecipe  = "image-v1"
+	imageRecipe  = "image-v2" // v2: hangar-devcli symlink to the agent
 )
 
 // Flavors, in build order.
@@ -45,6 +45,10 @@ const (
 // AgentPath is where the agent lives in every image; the kernel command line
 // makes it PID 1.
 const AgentPath = "/usr/sbin/hangar-agent"
+
+// DevCLIPath is the dev provider's CLI in every image: a symlink to the
+// agent, which runs the CLI when invoked by that name.
+const DevCLIPath = "/usr/local/bin/hangar-devcli"
 
 // ServicesDir is where the agent reads service declarations.
 const ServicesDir = "/etc/hangar/services.d"

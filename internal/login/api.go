@@ -235,3 +235,11 @@ func (m *Manager) Close() {
 	m.mu.Unlock()
 	m.wg.Wait()
 }
+
+// SetPublicDevOAuthURL sets the dev provider's URL as users see it, once
+// the daemon knows its address.
+func (m *Manager) SetPublicDevOAuthURL(u string) {
+	m.mu.Lock()
+	m.cfg.PublicDevOAuthURL = u
+	m.mu.Unlock()
+}

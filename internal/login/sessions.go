@@ -70,7 +70,7 @@ type Manager struct {
 	devAuth http.Handler
 	log     *slog.Logger
 
-	mu   sync.Mutex // guards runs
+	mu   sync.Mutex // guards runs and cfg.PublicDevOAuthURL
 	runs map[string]*run
 	wg   sync.WaitGroup
 }
@@ -343,8 +343,11 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 // publicURL rewrites the dev provider's guest-side URL to the one users
 // reach (paste mode shows it to them).
 func (m *Manager) publicURL(u string) string {
-	if m.cfg.PublicDevOAuthURL != "" {
-		return strings.Replace(u, "http://"+m.cfg.GuestDevOAuth+"/dev-oauth", m.cfg.PublicDevOAuthURL, 1)
+	m.mu.Lock()
+	public := m.cfg.PublicDevOAuthURL
+	m.mu.Unlock()
+	if public != "" {
+		return strings.Replace(u, "http://"+m.cfg.GuestDevOAuth+"/dev-oauth/authorize", public+"/authorize", 1)
 	}
 	return u
 }

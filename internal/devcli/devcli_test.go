@@ -1,4 +1,4 @@
-package main
+package devcli
 
 import (
 	"bufio"
@@ -44,7 +44,7 @@ func devcli(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "hangar-devcli")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, ".")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "../../cmd/hangar-devcli")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -431,15 +431,15 @@ func TestLoginTimeoutAndUsage(t *testing.T) {
 	}
 }
 
-// TestStdlibOnly keeps the binary free of module dependencies: it ships
-// into guest images and must build static anywhere.
+// TestStdlibOnly keeps the package free of module dependencies: it ships
+// inside the agent's static binary in every guest image.
 func TestStdlibOnly(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", ".").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Fields(string(out)) {
-		if line != "github.com/hangar-vm/hangar/cmd/hangar-devcli" {
+		if line != "github.com/hangar-vm/hangar/internal/devcli" {
 			t.Fatalf("hangar-devcli depends on %s", line)
 		}
 	}

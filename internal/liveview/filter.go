@@ -82,7 +82,7 @@ func (f *viewFilter) read(n int) ([]byte, error) {
 	}
 	b := f.buf[:n]
 	if _, err := io.ReadFull(f.br, b); err != nil {
-		return nil, err
+		return nil, unexpected(err)
 	}
 	return b, nil
 }
@@ -98,17 +98,30 @@ func (f *viewFilter) forward(b []byte) error {
 
 func (f *viewFilter) discard(n int64) error {
 	if _, err := io.CopyN(io.Discard, f.br, n); err != nil {
-		return err
+		return unexpected(err)
 	}
 	return nil
 }
 
+// unexpected turns EOF inside a message into io.ErrUnexpectedEOF: only an
+// end between messages is a clean close.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// run returns nil when the client closes between messages, like io.Copy.
 func (f *viewFilter) run() error {
 	if err := f.handshake(); err != nil {
 		return err
 	}
 	for {
 		if err := f.message(); err != nil {
+			if err == io.EOF {
+				return nil
+			}
 			return err
 		}
 	}

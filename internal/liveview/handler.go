@@ -130,6 +130,8 @@ func Handler(opts Options) *Server {
 	// every file a content hash for ETag revalidation.
 	s.loadFiles(novnc.FS, ".", "novnc/")
 	s.loadFiles(assets, "assets", "static/")
+	// The page is a template, served only through servePage.
+	delete(s.files, "static/viewer.html")
 	return s
 }
 

@@ -36,6 +36,9 @@ const tokenVersion = 1
 // macDomain separates these MACs from any other use of the same key.
 const macDomain = "hangar-liveview-token-v1\x00"
 
+// tokenEncoding is strict so each token has exactly one spelling.
+var tokenEncoding = base64.RawURLEncoding.Strict()
+
 // maxOwnerLen bounds the owner id a token can carry (it is length-prefixed
 // with one byte).
 const maxOwnerLen = 255
@@ -77,7 +80,7 @@ func (s *Signer) Issue(sessionID, ownerID string, viewOnly bool, ttl time.Durati
 	payload = append(payload, flags, byte(len(ownerID)))
 	payload = append(payload, ownerID...)
 	mac := s.mac(sessionID, payload)
-	return base64.RawURLEncoding.EncodeToString(payload) + "." + base64.RawURLEncoding.EncodeToString(mac)
+	return tokenEncoding.EncodeToString(payload) + "." + tokenEncoding.EncodeToString(mac)
 }
 
 // Verify checks a token against the session it is presented for and
@@ -88,11 +91,11 @@ func (s *Signer) Verify(token, sessionID string) (Claims, error) {
 	if !ok || len(token) > 1024 {
 		return Claims{}, ErrInvalidToken
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(p64)
+	payload, err := tokenEncoding.DecodeString(p64)
 	if err != nil {
 		return Claims{}, ErrInvalidToken
 	}
-	mac, err := base64.RawURLEncoding.DecodeString(m64)
+	mac, err := tokenEncoding.DecodeString(m64)
 	if err != nil {
 		return Claims{}, ErrInvalidToken
 	}

@@ -7,7 +7,11 @@ import { el, fmtDuration, fmtTime, firstLine } from "/assets/ui.js";
 
 const KEY_STORAGE = "hangar.apiKey";
 const SESSION_STORAGE = "hangar.authSession";
+// The session is polled every second while the event stream is down, and
+// every 5 s as a safety net while it is live (events carry the changes; the
+// API's per-key rate limit is about one request a second).
 const SESSION_POLL_MS = 1000;
+const SESSION_POLL_LIVE_MS = 5000;
 const HEARTBEAT_MS = 30000;
 const FALLBACK_POLL_MS = 10000;
 
@@ -37,6 +41,8 @@ const app = {
   session: null, // the open api.AuthSession, if any
   sessionTimers: [],
   vmRefresh: null, // pending debounced VM refresh
+  providersRefresh: null, // pending debounced providers refresh
+  lastSessionPoll: 0,
   fallbackTimer: null,
   noticeTimer: null,
 };
@@ -45,7 +51,9 @@ const app = {
 
 async function signIn(key, { restoring = false } = {}) {
   const client = new Client(key);
+  const button = $("#sign-in");
   let me;
+  button.disabled = true;
   try {
     me = await client.me();
   } catch (err) {
@@ -56,7 +64,11 @@ async function signIn(key, { restoring = false } = {}) {
       showSignInError(err.message);
     }
     return;
+  } finally {
+    button.disabled = false;
   }
+  if (app.stream) app.stream.stop();
+  clearInterval(app.fallbackTimer);
   app.client = client;
   app.me = me;
   app.signedInAt = Date.now();
@@ -160,7 +172,7 @@ function onEvent(ev) {
     case "auth_completed":
     case "auth_failed":
       if (app.session && ev.subject === app.session.id) pollSession();
-      if (ev.type === "auth_completed") refreshProviders();
+      if (ev.type === "auth_completed") scheduleProvidersRefresh();
       break;
     case "user_created": {
       // The stream starts from the beginning of history; announce only
@@ -181,6 +193,14 @@ function scheduleVMRefresh() {
   app.vmRefresh = setTimeout(() => {
     app.vmRefresh = null;
     refreshVMs();
+  }, 150);
+}
+
+function scheduleProvidersRefresh() {
+  if (app.providersRefresh) return;
+  app.providersRefresh = setTimeout(() => {
+    app.providersRefresh = null;
+    refreshProviders();
   }, 150);
 }
 
@@ -272,7 +292,7 @@ async function refreshProviders() {
   try {
     creds = await app.client.listCredentials();
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
+    if (err instanceof ApiError && err.status === 404 && err.message.startsWith("no route")) {
       $("#providers").replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "7" }, "This server does not store provider credentials yet.")));
       return;
     }
@@ -322,10 +342,12 @@ async function connect(provider) {
     return;
   }
   let s;
+  setConnectEnabled(false);
   try {
     s = await app.client.createSession(provider);
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) {
+    setConnectEnabled(true);
+    if (err instanceof ApiError && err.status === 404 && err.message.startsWith("no route")) {
       notice("Logins are not available on this server yet.", "error");
     } else if (err instanceof ApiError && err.status === 401) {
       signOut("Your key is no longer valid. Sign in again.");
@@ -359,7 +381,10 @@ function openSession(s) {
   if (!TERMINAL.has(s.state)) {
     // Events drive the panel; the poll is the fallback when they lag or
     // the stream is down.
-    app.sessionTimers.push(setInterval(pollSession, SESSION_POLL_MS));
+    app.sessionTimers.push(setInterval(() => {
+      const every = app.streamState === "live" ? SESSION_POLL_LIVE_MS : SESSION_POLL_MS;
+      if (Date.now() - app.lastSessionPoll >= every - 100) pollSession();
+    }, SESSION_POLL_MS));
     app.sessionTimers.push(setInterval(heartbeat, HEARTBEAT_MS));
   }
 }
@@ -369,8 +394,13 @@ function stopSessionTimers() {
   app.sessionTimers = [];
 }
 
+function setConnectEnabled(on) {
+  for (const b of document.querySelectorAll(".connect button")) b.disabled = !on;
+}
+
 function closeSession() {
   stopSessionTimers();
+  setConnectEnabled(true);
   app.session = null;
   sessionStorage.removeItem(SESSION_STORAGE);
   $("#session-panel").hidden = true;
@@ -383,6 +413,7 @@ async function pollSession() {
   const s = app.session;
   if (!s || polling) return;
   polling = true;
+  app.lastSessionPoll = Date.now();
   try {
     const fresh = await app.client.getSession(s.id);
     if (app.session && app.session.id === fresh.id) updateSession(fresh);
@@ -445,6 +476,7 @@ function renderSession() {
   err.hidden = !(terminal && s.state !== "completed" && message);
 
   $("#session-cancel").hidden = terminal;
+  setConnectEnabled(terminal);
   $("#session-close").hidden = !terminal;
 
   const box = $("#live-view-box");
@@ -455,8 +487,12 @@ function renderSession() {
       frame = el("iframe", { id: "live-view", title: "Browser in the login VM (live view)" });
       screen.replaceChildren(frame);
     }
-    // Only when it changes: reloading would drop the live view's session.
-    if (frame.getAttribute("src") !== s.live_view_url) frame.setAttribute("src", s.live_view_url);
+    // Every answer carries a freshly issued token, so compare paths: setting
+    // src again would reload the live view and drop its connection.
+    const current = frame.getAttribute("src");
+    if (!current || new URL(current, location.href).pathname !== new URL(s.live_view_url, location.href).pathname) {
+      frame.setAttribute("src", s.live_view_url);
+    }
     box.hidden = false;
   } else {
     screen.replaceChildren();

@@ -73,6 +73,9 @@ type Agent struct {
 	bootAtStart time.Duration
 	handler     http.Handler
 
+	// net is the guest network the host configured.
+	net netState
+
 	reverseMu sync.Mutex // guards reverse
 	// reverse holds the guest listeners of reverse forwards, by address.
 	reverse map[string]net.Listener
@@ -245,6 +248,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET "+proto.PathFiles, a.handleGetFile)
 	mux.HandleFunc("POST "+proto.PathForward, a.handleForward)
 	mux.HandleFunc("POST "+proto.PathReverse, a.handleReverse)
+	mux.HandleFunc("POST "+proto.PathNetwork, a.handleNetwork)
 	mux.HandleFunc("POST "+proto.PathClock, func(w http.ResponseWriter, r *http.Request) {
 		var req proto.ClockRequest
 		if !readJSON(w, r, &req) {

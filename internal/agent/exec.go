@@ -69,7 +69,7 @@ func (a *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	cmd, err := buildCmd(req.Argv, req.Env, req.Dir, req.User)
+	cmd, err := buildCmd(req.Argv, a.net.withEnv(req.Env), req.Dir, req.User)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, proto.CodeBadRequest, err.Error())
 		return

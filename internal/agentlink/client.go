@@ -452,3 +452,12 @@ type readerConn struct {
 }
 
 func (c *readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// ConfigureNetwork sets up the guest's interface, default route, resolver
+// and proxy environment.
+func (c *Client) ConfigureNetwork(ctx context.Context, cfg proto.NetworkConfig) error {
+	if err := c.postJSON(ctx, proto.PathNetwork, cfg); err != nil {
+		return fmt.Errorf("agent configure network: %w", err)
+	}
+	return nil
+}

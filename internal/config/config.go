@@ -56,6 +56,54 @@ type Config struct {
 	// BuildImages makes the daemon build missing guest images in the
 	// background at start.
 	BuildImages bool `json:"build_images"`
+
+	// VMShutdownPolicy is what `hangar serve` does with running VMs when
+	// it stops: leave (they keep running and the next daemon re-attaches
+	// them, no reboot) or stop (each is shut down and recorded stopped).
+	VMShutdownPolicy string `json:"vm_shutdown_policy"`
+	// ReconcileInterval is how often the store is compared with the
+	// hypervisor processes, run directories and network slots on the host
+	// (also done once at start).
+	ReconcileInterval Duration `json:"reconcile_interval"`
+	// Network configures the per-VM network slots.
+	Network Network `json:"network"`
+}
+
+// Network configures VM networking (internal/netslot).
+type Network struct {
+	// Enabled gives every VM a network slot (namespace, veth, TAP,
+	// nftables egress policy). Off, VMs have no network device at all
+	// (the agent link does not need one). Needs root.
+	Enabled bool `json:"enabled"`
+	// Prefix names the namespaces ("<prefix>-<n>"), host links and the
+	// nftables table hangar owns; two daemons on one host need different
+	// prefixes. Default "hangar".
+	Prefix string `json:"prefix"`
+	// HostNetNS is the namespace the slots hang off (a path such as
+	// /run/netns/x); empty is the daemon's own. Tests set it.
+	HostNetNS string `json:"host_netns"`
+	// PoolCIDR is carved into one /30 per slot. Default 10.200.0.0/16.
+	PoolCIDR string `json:"pool_cidr"`
+	// PoolSize is how many idle slots are kept ready. Default 2.
+	PoolSize int `json:"pool_size"`
+	// DNSUpstream is the resolver ("ip:port") the slots' DNS filters ask;
+	// default: the host's first nameserver.
+	DNSUpstream string `json:"dns_upstream"`
+	// AlwaysBlock are extra CIDRs no policy opens (site networks).
+	AlwaysBlock []string `json:"always_block"`
+	// Egress is the default egress policy per VM kind (base, cli,
+	// browser); a user's own policy (PUT /api/v1/users/{id}/network)
+	// overrides it for their VMs.
+	Egress map[string]EgressPolicy `json:"egress"`
+}
+
+// EgressPolicy is what a VM may reach: mode none, full, or allow with a
+// list of CIDRs/addresses and domain names ("example.com",
+// "*.example.com"). The host, the daemon's API, other VMs and link-local
+// metadata addresses are blocked whatever the policy.
+type EgressPolicy struct {
+	Mode  string   `json:"mode"`
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Default returns the embedded defaults.
@@ -76,6 +124,24 @@ func Default() Config {
 		BootTimeout:     Duration(3 * time.Minute),
 		LogRetention:    Duration(7 * 24 * time.Hour),
 		BuildImages:     true,
+
+		VMShutdownPolicy:  "leave",
+		ReconcileInterval: Duration(time.Minute),
+		Network: Network{
+			Prefix:   "hangar",
+			PoolCIDR: "10.200.0.0/16",
+			PoolSize: 2,
+			// Every kind gets the internet by default: CLI VMs talk to
+			// their provider's API, and a browser login goes through
+			// whatever identity providers the account uses (Google,
+			// GitHub, SSO), which no static allow-list covers. Operators
+			// narrow it per kind here or per user.
+			Egress: map[string]EgressPolicy{
+				"base":    {Mode: "full"},
+				"cli":     {Mode: "full"},
+				"browser": {Mode: "full"},
+			},
+		},
 	}
 }
 
@@ -167,6 +233,19 @@ var envVars = []struct {
 		c.BuildImages = b
 		return err
 	}},
+	{"HANGAR_VM_SHUTDOWN_POLICY", func(c *Config, v string) error { c.VMShutdownPolicy = v; return nil }},
+	{"HANGAR_RECONCILE_INTERVAL", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.ReconcileInterval = Duration(d)
+		return err
+	}},
+	{"HANGAR_NETWORK", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		c.Network.Enabled = b
+		return err
+	}},
+	{"HANGAR_NETWORK_PREFIX", func(c *Config, v string) error { c.Network.Prefix = v; return nil }},
+	{"HANGAR_NETWORK_HOST_NETNS", func(c *Config, v string) error { c.Network.HostNetNS = v; return nil }},
 }
 
 // LoadEnv overlays HANGAR_* variables from lookup (os.LookupEnv in the
@@ -256,6 +335,30 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.BootTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("boot_timeout must be at least 5s"))
+	}
+	switch c.VMShutdownPolicy {
+	case "leave", "stop":
+	default:
+		errs = append(errs, fmt.Errorf("vm_shutdown_policy %q: want leave or stop", c.VMShutdownPolicy))
+	}
+	if time.Duration(c.ReconcileInterval) < time.Second {
+		errs = append(errs, errors.New("reconcile_interval must be at least 1s"))
+	}
+	for kind, p := range c.Network.Egress {
+		switch kind {
+		case "base", "cli", "browser":
+		default:
+			errs = append(errs, fmt.Errorf("network.egress: unknown vm kind %q (want base, cli or browser)", kind))
+		}
+		switch p.Mode {
+		case "none", "full":
+			if len(p.Allow) > 0 {
+				errs = append(errs, fmt.Errorf("network.egress.%s: allow entries need mode allow", kind))
+			}
+		case "allow":
+		default:
+			errs = append(errs, fmt.Errorf("network.egress.%s: mode %q: want none, full or allow", kind, p.Mode))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -116,11 +116,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	// By default VMs keep running when the daemon stops and the next one
 	// re-attaches (vm_shutdown_policy=leave); "stop" stops them in Close.
 	d.closers = append(d.closers, closer{"vms", func(context.Context) error { d.vms.Close(); return nil }})
-	// Throwaway VMs (login browsers) are destroyed through the durable
-	// queue, so a destroy survives a daemon crash.
-	d.runner.Register(vm.DestroyTaskKind, func(ctx context.Context, t store.Task) error {
-		return d.vms.RunDestroyTask(ctx, t.Payload)
-	})
 	if err := d.setupLogins(ctx, log); err != nil {
 		return nil, err
 	}

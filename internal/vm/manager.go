@@ -24,6 +24,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
 	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/events"
+	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/vmm"
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -59,6 +60,10 @@ type Config struct {
 	// StopTimeout bounds a graceful shutdown through the agent before the
 	// hypervisor is stopped hard.
 	StopTimeout time.Duration
+	// StopOnClose is the shutdown policy "stop": Close stops every running
+	// VM (recorded as stopped) instead of leaving it running for the next
+	// daemon to re-attach.
+	StopOnClose bool
 }
 
 // Manager runs VMs. It is safe for concurrent use.
@@ -75,8 +80,15 @@ type Manager struct {
 	mu  sync.Mutex // guards vms
 	vms map[string]*instance
 
+	// slots gives VMs their network; nil runs VMs without a network
+	// device.
+	slots    *netslot.Manager
+	policies Policies
+
 	// createMu serialises quota checks with the inserts they allow.
 	createMu sync.Mutex
+	// reconcileMu serialises reconciliation passes.
+	reconcileMu sync.Mutex
 
 	wg sync.WaitGroup // boot and watch goroutines
 	// closing ends the watchers when the daemon lets go of its VMs.
@@ -97,6 +109,11 @@ type instance struct {
 	expectExit bool
 	// cancel ends a boot in progress.
 	cancel context.CancelFunc
+	// slot is the VM's network slot, nil without networking.
+	slot *netslot.Slot
+	// booting is set while a boot goroutine runs (reconciliation leaves
+	// the VM's process and directories alone meanwhile).
+	booting bool
 }
 
 // runtimeDoc is what the store keeps to re-attach after a daemon restart.
@@ -106,6 +123,9 @@ type runtimeDoc struct {
 	ImageID       string          `json:"image_id,omitempty"`
 	KernelRelease string          `json:"kernel_release,omitempty"`
 	Phases        *api.BootPhases `json:"boot_phases,omitempty"`
+	// SlotID is the network slot the hypervisor runs in, so a restarted
+	// daemon can adopt it and reconciliation keeps it.
+	SlotID string `json:"slot_id,omitempty"`
 }
 
 // specDoc is the VM's requested shape.
@@ -241,11 +261,17 @@ func (m *Manager) startBoot(id string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	in.mu.Lock()
 	in.cancel = cancel
+	in.booting = true
 	in.mu.Unlock()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer cancel()
+		defer func() {
+			in.mu.Lock()
+			in.booting = false
+			in.mu.Unlock()
+		}()
 		if err := m.boot(ctx, id); err != nil {
 			if ctx.Err() != nil {
 				m.log.Info("boot cancelled", "vm_id", id)
@@ -333,9 +359,18 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 		KernelArgs: proto.KernelArgs(params), BaseDisk: rootfs, UpperDisk: upperDisk,
 		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, ConsoleLog: m.ConsolePath(id),
 	}
+	slotID := ""
+	if m.slots != nil {
+		s, err := m.acquireSlot(ctx, v)
+		if err != nil {
+			return err
+		}
+		spec.Net, slotID = netSpec(s), s.ID()
+	}
 	if _, err := m.update(ctx, id, func(v *store.VM, rt *runtimeDoc) {
 		v.State, v.LastError = api.VMBooting, ""
 		rt.ImageID, rt.KernelRelease, rt.Token, rt.Phases, rt.VMM = imageID, release, token, nil, nil
+		rt.SlotID = slotID
 	}); err != nil {
 		return err
 	}
@@ -419,6 +454,18 @@ func (m *Manager) attach(ctx context.Context, id string, h vmm.Handle, token str
 				return errHypervisorGone
 			}
 			return fmt.Errorf("required services not ready within %s; see hangar vm logs %s", m.cfg.BootTimeout, id)
+		}
+	}
+	if phases != nil {
+		// A fresh boot: the guest learns its network now, before anyone
+		// sees it ready (a re-attached guest kept its configuration).
+		in.mu.Lock()
+		slot := in.slot
+		in.mu.Unlock()
+		if slot != nil {
+			if err := link.ConfigureNetwork(bctx, guestNetwork(slot)); err != nil {
+				return fmt.Errorf("configure guest network: %w", err)
+			}
 		}
 	}
 	readyAt := time.Now()
@@ -547,7 +594,12 @@ func (m *Manager) fail(id string, cause error) {
 	in.mu.Unlock()
 	if h != nil {
 		_ = h.Kill()
+		select { // the slot must outlive the process using its TAP
+		case <-h.Done():
+		case <-time.After(10 * time.Second):
+		}
 	}
+	m.releaseSlot(context.Background(), id)
 	reason := cause.Error()
 	if tail := lastLines(m.ConsolePath(id), 5); tail != "" {
 		reason += "; last console lines:\n" + tail
@@ -624,6 +676,13 @@ func lastLines(path string, n int) string {
 // gone are marked failed with their console log kept; VMs that never got a
 // process boot again.
 func (m *Manager) Recover(ctx context.Context) error {
+	// Before anything is re-attached or booted again: kill hypervisors no
+	// record persisted (a crash between spawn and record leaves one, and
+	// booting that VM again next to it would share its disk), remove run
+	// directories of gone VMs, reclaim unknown network slots.
+	if _, err := m.reconcile(ctx, true); err != nil {
+		m.log.Warn("reconciliation at start was incomplete", "err", err)
+	}
 	vs, err := m.store.ListVMs(ctx, "")
 	if err != nil {
 		return err
@@ -668,10 +727,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 				defer m.wg.Done()
 				defer cancel()
 				m.stopInstance(bctx, v.ID)
+				m.releaseSlot(context.Background(), v.ID)
 				_, _ = m.setState(context.Background(), v.ID, api.VMStopped, "")
 			}()
 			continue
 		}
+		m.adoptSlot(ctx, v, rt.SlotID)
 		log.Info("re-attaching to running vm", "pid", rt.VMM.PID)
 		id, token := v.ID, rt.Token
 		m.wg.Add(1)
@@ -687,8 +748,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 }
 
 // Close lets go of every VM without stopping it (the default shutdown
-// policy: VMs keep running and the next daemon re-attaches).
+// policy: VMs keep running and the next daemon re-attaches), or, with
+// Config.StopOnClose, stops them first.
 func (m *Manager) Close() {
+	if m.cfg.StopOnClose {
+		m.stopAll()
+	}
 	close(m.closing)
 	m.mu.Lock()
 	ins := make([]*instance, 0, len(m.vms))
@@ -713,6 +778,43 @@ func (m *Manager) Close() {
 		}
 	}
 	m.wg.Wait()
+}
+
+// stopAll stops every VM this daemon runs, in parallel, and records them
+// stopped (shutdown policy "stop").
+func (m *Manager) stopAll() {
+	m.mu.Lock()
+	var ids []string
+	for id, in := range m.vms {
+		in.mu.Lock()
+		if in.handle != nil || in.booting {
+			ids = append(ids, id)
+		}
+		in.mu.Unlock()
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout+15*time.Second)
+			defer cancel()
+			if _, err := m.setState(ctx, id, api.VMStopping, ""); err != nil {
+				m.log.Warn("stop at shutdown", "vm_id", id, "err", err)
+				return
+			}
+			m.stopInstance(ctx, id)
+			m.releaseSlot(ctx, id)
+			if _, err := m.setState(ctx, id, api.VMStopped, ""); err != nil {
+				m.log.Warn("stop at shutdown", "vm_id", id, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(ids) > 0 {
+		m.log.Info("stopped vms at shutdown (vm_shutdown_policy=stop)", "count", len(ids))
+	}
 }
 
 // PruneLogs removes the preserved logs of VMs destroyed more than the

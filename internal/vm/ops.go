@@ -306,6 +306,7 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 		return api.VM{}, err
 	}
 	m.stopInstance(ctx, id)
+	m.releaseSlot(ctx, id)
 	v, err = m.setState(context.Background(), id, api.VMStopped, "")
 	if err != nil {
 		return api.VM{}, err
@@ -390,6 +391,7 @@ func (m *Manager) destroy(ctx context.Context, v store.VM) error {
 	if h != nil {
 		_ = h.Release()
 	}
+	m.releaseSlot(ctx, v.ID)
 	if err := os.RemoveAll(m.runDir(v.ID)); err != nil {
 		return fmt.Errorf("remove runtime dir of %s: %w", v.ID, err)
 	}

@@ -160,6 +160,24 @@ func (b *browserTab) diagnose() string {
 	return "page:\n" + sb.String()
 }
 
+// shot saves a screenshot of the page as <name>.png in the directory named
+// by HANGAR_DASHBOARD_SHOTS, for looking at the page; without it, nothing.
+func (b *browserTab) shot(name string) {
+	dir := os.Getenv("HANGAR_DASHBOARD_SHOTS")
+	if dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644)
+	}
+	if err != nil {
+		b.t.Logf("screenshot %s: %v", name, err)
+	}
+}
+
 // dashboardURL is where the test opens the dashboard: the daemon itself
 // when it serves it at "/". While the daemon does not mount it yet, the test
 // serves the embedded dashboard in front of the daemon (everything else is
@@ -181,11 +199,11 @@ func dashboardURL(t *testing.T, h *harness) string {
 	proxy.FlushInterval = -1 // server-sent events must not be buffered
 	dash := dashboard.Handler()
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/api/") || strings.HasPrefix(r.URL.Path, "/live/") || r.URL.Path == "/health" {
-			proxy.ServeHTTP(w, r)
+		if p := r.URL.Path; p == "/" || p == "/index.html" || strings.HasPrefix(p, "/assets/") {
+			dash.ServeHTTP(w, r)
 			return
 		}
-		dash.ServeHTTP(w, r)
+		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(front.Close)
 	return front.URL + "/"
@@ -266,6 +284,7 @@ func TestDashboard(t *testing.T) {
 	// A wrong key: the error shows and nothing else does.
 	b.signIn("hgr_this-is-not-a-key")
 	b.waitJS(10*time.Second, "the wrong-key error", `!document.querySelector("#sign-in-error").hidden`)
+	b.shot("signin-wrong-key")
 	if got := b.text("#sign-in-error"); got != "That key is not valid." {
 		t.Errorf("wrong key: error %q, want %q", got, "That key is not valid.")
 	}
@@ -333,6 +352,7 @@ func TestDashboard(t *testing.T) {
 		start := time.Now()
 		b.waitJS(3*time.Minute, "VM "+id+" ready in the table", `document.querySelector('#vms tr[data-vm-id=`+strconv.Quote(id)+`] [data-state]')?.dataset.state === "ready"`)
 		t.Logf("the page showed %s ready %.1fs after it appeared in the API", id, time.Since(start).Seconds())
+		b.shot("vm-ready")
 		if st := b.text("#events-status"); st != "live" {
 			t.Errorf("event stream status %q while waiting for ready; the update may have come from the fallback poll", st)
 		}
@@ -346,7 +366,9 @@ func TestDashboard(t *testing.T) {
 		if vm, err := h.admin.GetVM(ctx, id); err != nil || vm.State != api.VMReady {
 			t.Fatalf("after declining the stop: %v %+v", err, vm.State)
 		}
-		b.do(20*time.Second, "stop", chromedp.Click(vmRowButton(id, "stop")), chromedp.WaitVisible(chromedp.CSS("#confirm-yes")), chromedp.Click(chromedp.CSS("#confirm-yes")))
+		b.do(20*time.Second, "stop", chromedp.Click(vmRowButton(id, "stop")), chromedp.WaitVisible(chromedp.CSS("#confirm-yes")))
+		b.shot("vm-stop-confirm")
+		b.do(20*time.Second, "confirm stop", chromedp.Click(chromedp.CSS("#confirm-yes")))
 		b.waitJS(time.Minute, "VM stopped in the table", `document.querySelector('#vms tr[data-vm-id=`+strconv.Quote(id)+`] [data-state]')?.dataset.state === "stopped"`)
 		b.do(20*time.Second, "start", chromedp.Click(vmRowButton(id, "start")))
 		b.waitJS(3*time.Minute, "VM ready again", `document.querySelector('#vms tr[data-vm-id=`+strconv.Quote(id)+`] [data-state]')?.dataset.state === "ready"`)
@@ -429,6 +451,7 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 	b.do(10*time.Second, "connect dev", chromedp.Click(chromedp.CSS("#connect-dev")))
 	b.waitJS(10*time.Second, "the session panel", `!document.querySelector("#session-panel").hidden && document.querySelector("#session-state").dataset.state !== ""`)
 	t.Logf("session state: %s", b.text("#session-state"))
+	b.shot("session-starting")
 	b.waitJS(4*time.Minute, "the live view", `document.querySelector("#live-view") !== null`)
 	// The OAuth page is open in the VM's browser once the session awaits
 	// the user.
@@ -460,6 +483,7 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 	// Focus the canvas as a click would, but without sending a pointer
 	// click into the VM: a click on the page would take the focus away from
 	// the username field.
+	b.shot("session-live-view")
 	b.do(10*time.Second, "focus the live view canvas", chromedp.Focus(chromedp.CSS("canvas"), chromedp.FromNode(frame[0])))
 	if focused, _ := evalIn[bool](b, `document.activeElement === document.querySelector("#live-view")`); !focused {
 		t.Fatalf("the live view iframe does not have the focus after focusing its canvas\n%s", b.diagnose())
@@ -491,6 +515,7 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 		t.Fatalf("session ended %q (%s)\n%s", st, b.text("#session-error"), b.diagnose())
 	}
 	b.waitJS(30*time.Second, "dev in the providers table", `document.querySelector('#providers tr[data-provider="dev"]') !== null`)
+	b.shot("session-connected")
 	if present, _ := evalIn[bool](b, `document.querySelector("#live-view") !== null`); present {
 		t.Error("the live view is still embedded after the session completed")
 	}

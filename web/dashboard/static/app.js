@@ -155,6 +155,7 @@ function setStreamState(state) {
   app.streamState = state;
   const s = $("#events-status");
   s.dataset.state = state;
+  s.hidden = state === "off"; // nothing to show while signed out
   s.textContent = { live: "live", connecting: "connecting…", offline: "reconnecting…", off: "offline" }[state] || state;
 }
 

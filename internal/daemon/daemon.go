@@ -22,6 +22,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/image"
 	"github.com/hangar-vm/hangar/internal/login"
+	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
@@ -42,18 +43,21 @@ type closer struct {
 
 // Daemon is a running hangar.
 type Daemon struct {
-	cfg     config.Config
-	log     *slog.Logger
-	store   store.Store
-	bus     *events.Bus
-	api     *httpapi.Server
-	runner  *tasks.Runner
-	images  *image.Cache
-	vms     *vm.Manager
-	logins  *login.Manager
-	srv     *http.Server
-	ln      net.Listener
-	closers []closer // run in reverse order by Shutdown
+	cfg    config.Config
+	log    *slog.Logger
+	store  store.Store
+	bus    *events.Bus
+	api    *httpapi.Server
+	runner *tasks.Runner
+	images *image.Cache
+	vms    *vm.Manager
+	// slots and policies are nil when VM networking is off.
+	slots    *netslot.Manager
+	policies *policies
+	logins   *login.Manager
+	srv      *http.Server
+	ln       net.Listener
+	closers  []closer // run in reverse order by Shutdown
 
 	// Banner, when set, receives a short human greeting once the API
 	// listens: where it is and where the admin key is.
@@ -110,6 +114,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
+	if err := d.setupNetwork(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.vms.Recover(ctx); err != nil {
 		return nil, fmt.Errorf("recover vms: %w", err)
 	}

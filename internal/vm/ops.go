@@ -97,11 +97,21 @@ func (m *Manager) readyClient(ctx context.Context, caller store.User, id string)
 	if v.State != api.VMReady {
 		return nil, errs.E(errs.Conflict, "vm %s is %s, not ready", id, v.State)
 	}
-	c := m.inst(id).client()
-	if c == nil {
-		return nil, errs.E(errs.Unavailable, "vm %s has no agent link right now; retry shortly", id)
+	// Right after a daemon restart the record says ready while the link is
+	// being re-attached (well under a second): wait for it briefly.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c := m.inst(id).client(); c != nil {
+			return c, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, errs.E(errs.Unavailable, "vm %s has no agent link right now; retry shortly", id)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return c, nil
 }
 
 // serviceError summarises why a service is not running.

@@ -90,6 +90,11 @@ type Client struct {
 	Name          string
 	Format        PixelFormat
 
+	// KeyDelay is a pause Type makes after each character, for remote
+	// applications too slow to keep up with a burst of key events (a
+	// browser's address bar under emulation drops early keys of a burst).
+	KeyDelay time.Duration
+
 	// wmu serializes writes, so messages from concurrent callers never
 	// interleave on the wire.
 	wmu sync.Mutex
@@ -292,6 +297,13 @@ func (c *Client) Type(ctx context.Context, text string) error {
 		if shift {
 			if err := c.KeyEvent(ctx, false, KeyShiftL); err != nil {
 				return err
+			}
+		}
+		if c.KeyDelay > 0 {
+			select {
+			case <-time.After(c.KeyDelay):
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		}
 	}

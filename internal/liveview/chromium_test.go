@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,28 +20,45 @@ import (
 func TestViewerPageInChromium(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
 	testutil.Require(t, err == nil, "chromium is not installed (apt-get install chromium)")
-	e := newEnv(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
-		"--no-first-run", "--user-data-dir="+t.TempDir(), "--virtual-time-budget=10000",
-		"--dump-dom", e.url("http", "sess-1", "", e.token("sess-1", false, time.Minute), nil))
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium: %v", err)
+	for _, viewOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "interactive", true: "view-only"}[viewOnly], func(t *testing.T) {
+			e := newEnv(t, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+				"--no-first-run", "--user-data-dir="+t.TempDir(), "--virtual-time-budget=10000",
+				"--dump-dom", e.url("http", "sess-1", "", e.token("sess-1", viewOnly, time.Minute), nil))
+			cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("chromium: %v", err)
+			}
+			dom := string(out)
+			msgs, err := e.vnc.WaitFor(ctx, func(m []rfbtest.Message) bool { return countTypes(m)[3] > 0 })
+			if err != nil {
+				t.Fatalf("noVNC never asked for the screen; messages %v\nDOM:\n%s", countTypes(msgs), dom)
+			}
+			n := countTypes(msgs)
+			if n[2] != 1 {
+				t.Fatalf("noVNC sent %d SetEncodings: %v", n[2], n)
+			}
+			if !strings.Contains(dom, `data-state="connected"`) || !strings.Contains(dom, "<canvas") {
+				t.Fatalf("page not connected:\n%s", dom)
+			}
+			// noVNC asks for QEMU extended keys and extended mouse
+			// buttons; the view-only filter takes them out so the client
+			// never switches to message forms it cannot follow.
+			var encs []int32
+			for _, m := range msgs {
+				if m.Type == 2 {
+					encs = m.Encodings()
+				}
+			}
+			has := func(e int32) bool { return slices.Contains(encs, e) }
+			if viewOnly == (has(encQEMUExtendedKeyEvent) || has(encExtendedMouseButtons)) || !has(0) {
+				t.Fatalf("view-only %v: server got encodings %v", viewOnly, encs)
+			}
+			t.Logf("noVNC sent %v; %d encodings reached the server", n, len(encs))
+		})
 	}
-	dom := string(out)
-	msgs, err := e.vnc.WaitFor(ctx, func(m []rfbtest.Message) bool { return countTypes(m)[3] > 0 })
-	if err != nil {
-		t.Fatalf("noVNC never asked for the screen; messages %v\nDOM:\n%s", countTypes(msgs), dom)
-	}
-	n := countTypes(msgs)
-	if n[2] == 0 {
-		t.Fatalf("noVNC sent no SetEncodings: %v", n)
-	}
-	if !strings.Contains(dom, `data-state="connected"`) || !strings.Contains(dom, "<canvas") {
-		t.Fatalf("page not connected:\n%s", dom)
-	}
-	t.Logf("noVNC sent %v", n)
 }

@@ -20,6 +20,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"path"
 	"regexp"
 	"strings"
@@ -103,7 +104,12 @@ type staticFile struct {
 
 // Handler builds the live-view handler. Mount it at Prefix ("/live/")
 // outside bearer-key authentication; call Close when the daemon shuts down.
+// Signer, Dial and Alive are required; Handler panics without them, as it
+// would on any other wiring mistake found at start-up.
 func Handler(opts Options) *Server {
+	if opts.Signer == nil || opts.Dial == nil || opts.Alive == nil {
+		panic("liveview: Options.Signer, Dial and Alive are required")
+	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -174,6 +180,13 @@ func contentType(name string) string {
 		return t
 	}
 	return "application/octet-stream"
+}
+
+// Path is the viewer page's URL path with its token, e.g. for the API's
+// live_view_url: "/live/{session}?token=…". Add "&view_only=1" to make a
+// link that cannot send input even if the token allows it.
+func Path(sessionID, token string) string {
+	return Prefix + url.PathEscape(sessionID) + "?" + url.Values{"token": {token}}.Encode()
 }
 
 // validSession matches the session ids the handler accepts in a path.

@@ -117,7 +117,7 @@ func TestStaticFiles(t *testing.T) {
 // refresh that needs files left out of web/novnc fails here, not in a
 // browser.
 func TestVendoredModulesResolve(t *testing.T) {
-	lv := Handler(Options{Signer: NewSigner()})
+	lv := newEnv(t, nil).lv
 	importRE := regexp.MustCompile(`(?m)^\s*(?:import|export)\s[^;]*?from\s+["']([^"']+)["']|^\s*import\s+["']([^"']+)["']`)
 	seen := map[string]bool{}
 	queue := []string{"static/viewer.js"}
@@ -146,4 +146,20 @@ func TestVendoredModulesResolve(t *testing.T) {
 		t.Fatalf("import walk reached only %d modules: %v", len(seen), seen)
 	}
 	t.Logf("%d modules reachable from the viewer", len(seen))
+}
+
+func TestPath(t *testing.T) {
+	s := NewSigner()
+	tok := s.Issue("ses_1", "u", false, time.Minute)
+	p := Path("ses_1", tok)
+	u, err := url.Parse(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Path != "/live/ses_1" || u.Query().Get("token") != tok {
+		t.Fatalf("Path = %q", p)
+	}
+	if _, err := s.Verify(u.Query().Get("token"), "ses_1"); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -75,15 +76,21 @@ type Options struct {
 //	GET /live/{session}/ws?token=…[&view_only=1]  websocket ↔ VNC
 //	GET /live/novnc/…  vendored noVNC modules
 //	GET /live/static/…  the viewer's own script and style
+//	GET /live/v/{version}/novnc/…, /live/v/{version}/static/…  the same,
+//	    cacheable for good (the page uses these)
 //
 // It implements http.Handler.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	files  map[string]staticFile
-	page   *template.Template
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	opts  Options
+	log   *slog.Logger
+	files map[string]staticFile
+	// version is a hash of all static files: the page loads them under
+	// /live/v/{version}/, so browsers may cache them for good and a new
+	// build is fetched at once.
+	version string
+	page    *template.Template
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
 
 	// mu guards viewers and closed.
 	mu      sync.Mutex
@@ -95,6 +102,21 @@ type Server struct {
 
 //go:embed assets
 var assets embed.FS
+
+// filesVersion names one build's set of static files, for the versioned
+// URLs the page uses.
+func filesVersion(files map[string]staticFile) string {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s %s\n", n, files[n].etag)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
 
 type staticFile struct {
 	body  []byte
@@ -138,6 +160,7 @@ func Handler(opts Options) *Server {
 	s.loadFiles(assets, "assets", "static/")
 	// The page is a template, served only through servePage.
 	delete(s.files, "static/viewer.html")
+	s.version = filesVersion(s.files)
 	return s
 }
 
@@ -201,7 +224,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.HasPrefix(rest, "novnc/") || strings.HasPrefix(rest, "static/") {
-		s.serveFile(w, r, rest)
+		s.serveFile(w, r, rest, false)
+		return
+	}
+	if v, ok := strings.CutPrefix(rest, "v/"); ok {
+		ver, name, _ := strings.Cut(v, "/")
+		s.serveFile(w, r, name, ver == s.version)
 		return
 	}
 	session, sub, _ := strings.Cut(rest, "/")
@@ -219,7 +247,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, name string) {
+// serveFile serves an embedded file. immutable is for URLs carrying the
+// current version, whose content can never change.
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, name string, immutable bool) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -233,9 +263,13 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, name string) 
 	h := w.Header()
 	h.Set("Content-Type", f.ctype)
 	h.Set("ETag", f.etag)
-	// Revalidate every time (cheap, 304) so a daemon upgrade that changes
-	// noVNC is picked up at once.
-	h.Set("Cache-Control", "no-cache")
+	if immutable {
+		h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		// Unversioned URLs revalidate every time (cheap, 304) so a daemon
+		// upgrade that changes noVNC is picked up at once.
+		h.Set("Cache-Control", "no-cache")
+	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(f.body))
 }
 
@@ -279,11 +313,12 @@ func (s *Server) refuse(w http.ResponseWriter, page bool, status int, msg string
 	}
 	s.setPageHeaders(w, nil)
 	w.WriteHeader(status)
-	_ = s.page.Execute(w, pageData{Error: msg})
+	_ = s.page.Execute(w, pageData{Version: s.version, Error: msg})
 }
 
 // pageData fills assets/viewer.html.
 type pageData struct {
+	Version  string
 	Session  string
 	ViewOnly bool
 	Error    string
@@ -304,7 +339,7 @@ func (s *Server) servePage(w http.ResponseWriter, r *http.Request, session strin
 	if r.Method == http.MethodHead {
 		return
 	}
-	if err := s.page.Execute(w, pageData{Session: session, ViewOnly: viewOnly}); err != nil {
+	if err := s.page.Execute(w, pageData{Version: s.version, Session: session, ViewOnly: viewOnly}); err != nil {
 		s.log.Debug("live view page write failed", "session_id", session, "err", err)
 	}
 }

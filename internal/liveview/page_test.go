@@ -41,7 +41,7 @@ func TestViewerPage(t *testing.T) {
 	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("page: %d %s", res.StatusCode, res.Header.Get("Content-Type"))
 	}
-	for _, want := range []string{`<script type="module" src="static/viewer.js">`, `data-view-only="false"`, `data-session="sess-1"`, `id="screen"`} {
+	for _, want := range []string{`<script type="module" src="v/` + e.lv.version + `/static/viewer.js">`, `data-view-only="false"`, `data-session="sess-1"`, `id="screen"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q:\n%s", want, body)
 		}
@@ -87,6 +87,15 @@ func TestStaticFiles(t *testing.T) {
 	if res, _ := get(t, base+"novnc/core/rfb.js", map[string]string{"If-None-Match": etag}); etag == "" || res.StatusCode != http.StatusNotModified {
 		t.Fatalf("revalidation with ETag %q: %d", etag, res.StatusCode)
 	}
+	// Versioned URLs (the page's) are cacheable for good; another
+	// version's are served but revalidated.
+	res, vbody := get(t, base+"v/"+e.lv.version+"/novnc/core/rfb.js", nil)
+	if res.StatusCode != 200 || vbody != body || !strings.Contains(res.Header.Get("Cache-Control"), "immutable") {
+		t.Fatalf("versioned rfb.js: %d %q", res.StatusCode, res.Header.Get("Cache-Control"))
+	}
+	if res, _ := get(t, base+"v/0000/novnc/core/rfb.js", nil); res.Header.Get("Cache-Control") != "no-cache" {
+		t.Fatalf("old version cached as %q", res.Header.Get("Cache-Control"))
+	}
 	res, body = get(t, base+"static/viewer.js", nil)
 	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/javascript; charset=utf-8" || !strings.Contains(body, "from '../novnc/core/rfb.js'") {
 		t.Fatalf("viewer.js: %d %q", res.StatusCode, res.Header.Get("Content-Type"))
@@ -120,7 +129,12 @@ func TestVendoredModulesResolve(t *testing.T) {
 	lv := newEnv(t, nil).lv
 	importRE := regexp.MustCompile(`(?m)^\s*(?:import|export)\s[^;]*?from\s+["']([^"']+)["']|^\s*import\s+["']([^"']+)["']`)
 	seen := map[string]bool{}
-	queue := []string{"static/viewer.js"}
+	// The walk starts where the page points, so it checks the page too.
+	page := regexp.MustCompile(`src="v/[0-9a-f]+/(static/viewer.js)"`).FindStringSubmatch(pageHTML(t, lv))
+	if page == nil {
+		t.Fatal("page has no viewer script")
+	}
+	queue := []string{page[1]}
 	for len(queue) > 0 {
 		name := queue[0]
 		queue = queue[1:]
@@ -162,4 +176,13 @@ func TestPath(t *testing.T) {
 	if _, err := s.Verify(u.Query().Get("token"), "ses_1"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func pageHTML(t *testing.T, lv *Server) string {
+	t.Helper()
+	var b strings.Builder
+	if err := lv.page.Execute(&b, pageData{Version: lv.version, Session: "s"}); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }

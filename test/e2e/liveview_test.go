@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"image"
 	"image/png"
 	"net"
@@ -165,4 +166,41 @@ func redShare(img *image.RGBA) float64 {
 		}
 	}
 	return float64(n) / float64(len(img.Pix)/4)
+}
+
+// TestLiveViewMountedByDaemon: the daemon serves the live view without an
+// API key (the token is the credential): the vendored noVNC is served as
+// JavaScript, and a page or websocket with a bad token is refused by the
+// live view itself (403), not by the API's key check (401).
+func TestLiveViewMountedByDaemon(t *testing.T) {
+	h := startDaemon(t, nil)
+	get := func(path string, hdr http.Header) *http.Response {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, h.url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res
+	}
+	if res := get("/live/novnc/core/rfb.js", nil); res.StatusCode != 200 || res.Header.Get("Content-Type") != "text/javascript; charset=utf-8" {
+		t.Fatalf("rfb.js through the daemon: %d %q", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	if res := get("/live/ses_nope?token=x.y", nil); res.StatusCode != http.StatusForbidden {
+		t.Fatalf("page with a bad token: %d, want 403", res.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := rfb.DialWebsocket(ctx, "ws"+strings.TrimPrefix(h.url, "http")+"/live/ses_nope/ws?token=x.y")
+	var se *rfb.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Fatalf("websocket with a bad token: %v, want 403", err)
+	}
 }

@@ -173,6 +173,11 @@ func (m *Manager) Credentials(ctx context.Context, caller store.User) ([]api.Cre
 	}
 	out := make([]api.Credential, 0, len(cs))
 	for _, c := range cs {
+		if _, ok := m.recipes[c.Provider]; !ok {
+			// Other sealed records (the user's upstream proxy) share the
+			// table; only providers are credentials.
+			continue
+		}
 		var meta credMeta
 		_ = json.Unmarshal(c.Metadata, &meta)
 		ac := api.Credential{Provider: c.Provider, Account: meta.Account, Plan: meta.Plan, Files: meta.Files, CapturedAt: c.CapturedAt}

@@ -300,7 +300,9 @@ func (d *Driver) openInChromium(ctx context.Context, u string) error {
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return d.link.DialPort(ctx, 9222) },
 	}, Timeout: 20 * time.Second}
 	defer hc.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://127.0.0.1:9222/json/new?"+u, nil)
+	// Chromium unescapes what follows "?" before it navigates, so the URL
+	// goes escaped (an OAuth URL carries escaped redirect URIs itself).
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://127.0.0.1:9222/json/new?"+url.QueryEscape(u), nil)
 	resp, err := hc.Do(req)
 	if err != nil {
 		return err

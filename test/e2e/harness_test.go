@@ -7,10 +7,13 @@ package e2e
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +60,26 @@ type harness struct {
 	dataDir string
 	admin   *client.Client
 	stop    func()
+	// logs holds everything the daemon logged, for secret scans.
+	logs *syncBuffer
+}
+
+// syncBuffer is a strings.Builder safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startDaemon(t *testing.T, mutate func(*config.Config)) *harness {
@@ -74,7 +97,9 @@ func startDaemon(t *testing.T, mutate func(*config.Config)) *harness {
 		mutate(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := daemon.New(ctx, cfg, testutil.Logger(t))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testutil.NewWriter(t), logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d, err := daemon.New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -92,7 +117,7 @@ func startDaemon(t *testing.T, mutate func(*config.Config)) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, d: d, url: "http://" + addr.String(), dataDir: dataDir,
-		admin: client.New("http://"+addr.String(), strings.TrimSpace(string(key)))}
+		admin: client.New("http://"+addr.String(), strings.TrimSpace(string(key))), logs: logs}
 	stopped := false
 	h.stop = func() {
 		if stopped {

@@ -2,6 +2,7 @@ package liveview
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"slices"
@@ -63,5 +64,108 @@ func TestViewerPageInChromium(t *testing.T) {
 			}
 			t.Logf("noVNC sent %v; %d encodings reached the server", n, len(encs))
 		})
+	}
+}
+
+// TestViewerKeyboardAndMouseInChromium: once connected, the page has given
+// noVNC's canvas the keyboard focus, so keys a user types (dispatched here
+// as real input events through DevTools) reach the VNC server as X
+// keysyms, and a click on the scaled canvas arrives as a pointer event
+// inside the remote screen.
+func TestViewerKeyboardAndMouseInChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	testutil.Require(t, err == nil, "chromium is not installed (apt-get install chromium)")
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	cctx, kill := context.WithCancel(ctx)
+	cmd := exec.CommandContext(cctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+		"--no-first-run", "--user-data-dir="+dir, "--remote-debugging-port=0", "--window-size=1000,700",
+		e.url("http", "sess-1", "", e.token("sess-1", false, time.Minute), nil))
+	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	defer func() { kill(); _ = cmd.Wait() }()
+	d, err := attachCDP(ctx, dir, "/live/sess-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.CloseNow()
+	for {
+		state, err := d.eval(ctx, `window.hangarLiveView ? window.hangarLiveView.state : ""`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state == `"connected"` {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("page state %s, never connected", state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if el, err := d.eval(ctx, `document.activeElement && document.activeElement.tagName`); err != nil || el != `"CANVAS"` {
+		t.Fatalf("focused element %s (%v), want noVNC's CANVAS", el, err)
+	}
+	for _, ev := range []map[string]any{
+		{"type": "keyDown", "key": "q", "code": "KeyQ", "text": "q", "windowsVirtualKeyCode": 81},
+		{"type": "keyUp", "key": "q", "code": "KeyQ", "windowsVirtualKeyCode": 81},
+	} {
+		if err := d.call(ctx, "Input.dispatchKeyEvent", ev, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Click the middle of the canvas: with the screen scaled to the
+	// window, that is the middle of the remote screen.
+	var box []float64
+	raw, err := d.eval(ctx, `(() => { const r = document.querySelector('#screen canvas').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()`)
+	if err == nil {
+		err = json.Unmarshal([]byte(raw), &box)
+	}
+	if err != nil || len(box) != 4 || box[2] == 0 {
+		t.Fatalf("canvas box %s: %v", raw, err)
+	}
+	cx, cy := box[0]+box[2]/2, box[1]+box[3]/2
+	for _, typ := range []string{"mouseMoved", "mousePressed", "mouseReleased"} {
+		ev := map[string]any{"type": typ, "x": cx, "y": cy, "button": "left", "clickCount": 1}
+		if typ == "mouseMoved" {
+			ev["button"] = "none"
+		}
+		if err := d.call(ctx, "Input.dispatchMouseEvent", ev, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := e.vnc.WaitFor(ctx, func(m []rfbtest.Message) bool {
+		keyUp, pressed := false, false
+		for _, x := range m {
+			if x.Type == 4 {
+				if down, sym := x.Key(); !down && sym == 'q' {
+					keyUp = true
+				}
+			}
+			if x.Type == 5 {
+				if b, _, _ := x.Pointer(); b&1 != 0 {
+					pressed = true
+				}
+			}
+		}
+		return keyUp && pressed
+	})
+	if err != nil {
+		t.Fatalf("input did not reach the VNC server: %v (got %v)", err, countTypes(msgs))
+	}
+	for _, x := range msgs {
+		if x.Type == 5 {
+			if b, px, py := x.Pointer(); b&1 != 0 {
+				// 320x200 remote screen: the middle within scaling error.
+				if px < 150 || px > 170 || py < 90 || py > 110 {
+					t.Fatalf("click at the canvas middle arrived at %d,%d, want about 160,100", px, py)
+				}
+				t.Logf("canvas %vx%v at %v,%v; click arrived at %d,%d", box[2], box[3], box[0], box[1], px, py)
+				break
+			}
+		}
 	}
 }

@@ -124,8 +124,10 @@ type staticFile struct {
 	etag  string
 }
 
-// Handler builds the live-view handler. Mount it at Prefix ("/live/")
-// outside bearer-key authentication; call Close when the daemon shuts down.
+// Handler builds the live-view handler. Mount it at Prefix ("/live/"),
+// without http.StripPrefix (it routes on the full path), outside bearer-key
+// authentication; call Close when the daemon shuts down, because
+// http.Server.Shutdown does not wait for hijacked (websocket) connections.
 // Signer, Dial and Alive are required; Handler panics without them, as it
 // would on any other wiring mistake found at start-up.
 func Handler(opts Options) *Server {

@@ -6,7 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,22 +28,12 @@ func TestViewerPageInChromium(t *testing.T) {
 			defer cancel()
 			// Headless Chromium keeps the page open until it is killed; the
 			// test watches the VNC side instead of racing a DOM dump.
-			cctx, kill := context.WithCancel(ctx)
-			cmd := exec.CommandContext(cctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
-				"--no-first-run", "--user-data-dir="+t.TempDir(), "--remote-debugging-port=0",
-				e.url("http", "sess-1", "", e.token("sess-1", viewOnly, time.Minute), nil))
-			cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatalf("chromium: %v", err)
-			}
-			defer func() { kill(); _ = cmd.Wait() }()
+			startChromium(t, chromium, e.url("http", "sess-1", "", e.token("sess-1", viewOnly, time.Minute), nil))
 			// noVNC asks for the screen only after ServerInit, that is once
 			// it is connected.
 			msgs, err := e.vnc.WaitFor(ctx, func(m []rfbtest.Message) bool { return countTypes(m)[3] > 0 })
 			if err != nil {
-				t.Fatalf("noVNC never asked for the screen; messages %v\nchromium:\n%s", countTypes(msgs), stderr.String())
+				t.Fatalf("noVNC never asked for the screen; messages %v", countTypes(msgs))
 			}
 			n := countTypes(msgs)
 			if n[2] != 1 || n[0] != 1 {
@@ -78,16 +68,7 @@ func TestViewerKeyboardAndMouseInChromium(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	cctx, kill := context.WithCancel(ctx)
-	cmd := exec.CommandContext(cctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
-		"--no-first-run", "--user-data-dir="+dir, "--remote-debugging-port=0", "--window-size=1000,700",
-		e.url("http", "sess-1", "", e.token("sess-1", false, time.Minute), nil))
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("chromium: %v", err)
-	}
-	defer func() { kill(); _ = cmd.Wait() }()
+	dir := startChromium(t, chromium, "--window-size=1000,700", e.url("http", "sess-1", "", e.token("sess-1", false, time.Minute), nil))
 	d, err := attachCDP(ctx, dir, "/live/sess-1")
 	if err != nil {
 		t.Fatal(err)
@@ -168,4 +149,44 @@ func TestViewerKeyboardAndMouseInChromium(t *testing.T) {
 			}
 		}
 	}
+}
+
+// startChromium runs headless Chromium in its own process group with a
+// fresh profile and returns the profile directory. Cleanup kills the whole
+// group (Chromium's helpers outlive a killed browser process and keep
+// writing to the profile) and then removes the profile.
+func startChromium(t *testing.T, chromium string, args ...string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "liveview-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args = append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--user-data-dir=" + dir, "--remote-debugging-port=0"}, args...)
+	cmd := exec.Command(chromium, args...)
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	pgid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		// Members of the group may take a moment to die after the kill.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.RemoveAll(dir)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Logf("leaving chromium profile %s: %v", dir, err)
+				return
+			}
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	return dir
 }

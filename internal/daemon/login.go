@@ -63,3 +63,6 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 	d.closers = append(d.closers, closer{"logins", func(context.Context) error { d.logins.Close(); return nil }})
 	return nil
 }
+
+// Logins is the login session manager.
+func (d *Daemon) Logins() *login.Manager { return d.logins }

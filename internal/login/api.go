@@ -2,8 +2,10 @@ package login
 
 import (
 	"context"
+
 	"encoding/json"
 	"errors"
+	"github.com/hangar-vm/hangar/internal/agentlink"
 	"net/url"
 	"time"
 
@@ -246,5 +248,13 @@ func (m *Manager) Close() {
 func (m *Manager) SetPublicDevOAuthURL(u string) {
 	m.mu.Lock()
 	m.cfg.PublicDevOAuthURL = u
+	m.mu.Unlock()
+}
+
+// SetPrepareVM sets a step that runs on every login VM once it is ready,
+// before the provider's login command starts.
+func (m *Manager) SetPrepareVM(fn func(ctx context.Context, link *agentlink.Client) error) {
+	m.mu.Lock()
+	m.prepareVM = fn
 	m.mu.Unlock()
 }

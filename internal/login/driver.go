@@ -56,8 +56,11 @@ type Driver struct {
 	// default: Chromium's DevTools endpoint on guest port 9222.
 	OpenURL func(ctx context.Context, url string) error
 
-	mu      sync.Mutex // guards session
+	mu      sync.Mutex // guards session and typed
 	session *agentlink.ExecSession
+	// typed holds what was typed into the CLI (pasted codes); the PTY
+	// echoes it, so it is cut from any output quoted in errors.
+	typed []string
 }
 
 // NewDriver prepares a login of recipe in mode over link.
@@ -69,13 +72,17 @@ func NewDriver(link Link, recipe *Recipe, mode string, log *slog.Logger) *Driver
 
 // Input types text into the CLI (a pasted code); Enter is added.
 func (d *Driver) Input(text string) error {
+	text = strings.TrimRight(text, "\r\n")
 	d.mu.Lock()
 	s := d.session
+	if len(text) >= 4 {
+		d.typed = append(d.typed, text)
+	}
 	d.mu.Unlock()
 	if s == nil {
 		return errors.New("the login command is not running")
 	}
-	_, err := s.Write([]byte(strings.TrimRight(text, "\r\n") + "\r"))
+	_, err := s.Write([]byte(text + "\r"))
 	return err
 }
 
@@ -213,7 +220,7 @@ func (d *Driver) Run(ctx context.Context, ev Events) (Capture, error) {
 		}
 		if exitSt != nil || succeeded {
 			if exitSt != nil && exitSt.ExitCode != 0 && !succeeded {
-				return Capture{}, fmt.Errorf("the %s login command exited with code %d: %s", d.recipe.Name, exitSt.ExitCode, redactURLs(out.tail(3)))
+				return Capture{}, fmt.Errorf("the %s login command exited with code %d: %s", d.recipe.Name, exitSt.ExitCode, d.redact(out.tail(3)))
 			}
 			if ev.Capturing != nil {
 				ev.Capturing()
@@ -339,6 +346,18 @@ func (d *Driver) openInChromium(ctx context.Context, u string) error {
 		resp.Body.Close()
 	}
 	return nil
+}
+
+// redact cuts URLs (their queries carry codes) and everything typed into
+// the CLI from output quoted in an error.
+func (d *Driver) redact(s string) string {
+	d.mu.Lock()
+	typed := append([]string(nil), d.typed...)
+	d.mu.Unlock()
+	for _, t := range typed {
+		s = strings.ReplaceAll(s, t, "<typed input>")
+	}
+	return redactURLs(s)
 }
 
 // hostOf is the host of a URL, the only part of an OAuth URL worth logging.

@@ -70,8 +70,11 @@ type Manager struct {
 	devAuth http.Handler
 	log     *slog.Logger
 
-	mu   sync.Mutex // guards runs and cfg.PublicDevOAuthURL
+	mu   sync.Mutex // guards runs, prepareVM and cfg.PublicDevOAuthURL
 	runs map[string]*run
+	// prepareVM, when set, runs on each login VM before the login command
+	// (operators install extra tools; tests install fake CLIs).
+	prepareVM func(ctx context.Context, link *agentlink.Client) error
 	wg   sync.WaitGroup
 }
 
@@ -299,6 +302,15 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 		// it. Only that handler is reachable this way.
 		if err := link.Reverse(ctx, m.cfg.GuestDevOAuth, "dev-oauth", agentlink.ServeHTTPReverse(m.devAuth)); err != nil {
 			fail(fmt.Errorf("connect the dev provider to the VM: %w", err))
+			return
+		}
+	}
+	m.mu.Lock()
+	prepare := m.prepareVM
+	m.mu.Unlock()
+	if prepare != nil {
+		if err := prepare(ctx, link); err != nil {
+			fail(fmt.Errorf("prepare the login VM: %w", err))
 			return
 		}
 	}

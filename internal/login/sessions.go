@@ -75,7 +75,7 @@ type Manager struct {
 	// prepareVM, when set, runs on each login VM before the login command
 	// (operators install extra tools; tests install fake CLIs).
 	prepareVM func(ctx context.Context, link *agentlink.Client) error
-	wg   sync.WaitGroup
+	wg        sync.WaitGroup
 }
 
 // run is a live session's driver.

@@ -9,14 +9,13 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/config"
-	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/seal"
 	"github.com/hangar-vm/hangar/internal/store"
+	"github.com/hangar-vm/hangar/pkg/api"
 )
 
 // UserNetworkRecord is the pseudo-provider under which a user's own network
@@ -136,7 +135,8 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 	d.policies = &policies{defaults: n.Egress, store: d.store, keys: keys}
 	d.vms.SetNetwork(mgr, d.policies)
 	d.closers = append(d.closers, closer{"network", mgr.Close})
-	d.api.MountPublic("/api/v1/users/{id}/network", http.HandlerFunc(d.handleUserNetwork))
+	d.api.MountAdmin("PUT /api/v1/users/{id}/network", d.handleUserNetwork)
+	d.api.MountAdmin("DELETE /api/v1/users/{id}/network", d.handleUserNetwork)
 	return nil
 }
 
@@ -188,45 +188,36 @@ func (d *Daemon) SetUserNetwork(ctx context.Context, userID string, un *UserNetw
 	return err
 }
 
-// handleUserNetwork serves PUT and DELETE /api/v1/users/{id}/network for
-// admins. It is mounted as a public route and checks the API key itself
-// (the API server has no mount point for extra admin routes yet).
+// handleUserNetwork serves PUT and DELETE /api/v1/users/{id}/network; the
+// API server lets only admin keys through. Errors never echo the body: the
+// proxy URL may hold a password.
 func (d *Daemon) handleUserNetwork(w http.ResponseWriter, r *http.Request) {
-	key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		http.Error(w, `{"error":"missing API key"}`, http.StatusUnauthorized)
-		return
-	}
-	_, caller, err := d.store.LookupAPIKey(r.Context(), httpapi.HashKey(strings.TrimSpace(key)))
-	if err != nil {
-		http.Error(w, `{"error":"invalid API key"}`, http.StatusUnauthorized)
-		return
-	}
-	if caller.Role != store.RoleAdmin {
-		http.Error(w, `{"error":"admins only"}`, http.StatusForbidden)
-		return
-	}
 	var un *UserNetwork
-	switch r.Method {
-	case http.MethodPut:
+	if r.Method == http.MethodPut {
 		un = &UserNetwork{}
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(un); err != nil {
-			http.Error(w, `{"error":"body must be {mode, allow, proxy}"}`, http.StatusBadRequest)
+			writeErr(w, http.StatusBadRequest, "body must be {mode, allow, proxy}")
 			return
 		}
-	case http.MethodDelete:
-	default:
-		http.Error(w, `{"error":"PUT or DELETE"}`, http.StatusMethodNotAllowed)
-		return
 	}
 	if err := d.SetUserNetwork(r.Context(), r.PathValue("id"), un); err != nil {
 		status := http.StatusBadRequest
 		if errors.Is(err, store.ErrNotFound) {
 			status = http.StatusNotFound
 		}
-		b, _ := json.Marshal(map[string]string{"error": err.Error()})
-		http.Error(w, string(b), status)
+		writeErr(w, status, err.Error())
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// writeErr writes the API's JSON error shape.
+func writeErr(w http.ResponseWriter, status int, msg string) {
+	code := api.CodeBadRequest
+	if status == http.StatusNotFound {
+		code = api.CodeNotFound
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(api.ErrorResponse{Error: api.ErrorBody{Code: code, Message: msg}})
 }

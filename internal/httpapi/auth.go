@@ -88,6 +88,17 @@ func (s *Server) MountAuth(a AuthService) {
 	}
 }
 
+// MountAdmin serves h at pattern (a net/http pattern, method included)
+// for admin keys only, behind the same middleware as the built-in admin
+// routes, so a subsystem's admin route needs no authorization code of its
+// own.
+func (s *Server) MountAdmin(pattern string, h http.HandlerFunc) {
+	s.handle(route{pattern, admin, func(w http.ResponseWriter, r *http.Request) error {
+		h(w, r)
+		return nil
+	}})
+}
+
 // MountPublic serves h under prefix without an API key (the dev OAuth
 // provider, the live view with its own tokens, the dashboard), still with
 // request ids, logging, metrics and the per-address rate limit.

@@ -2,9 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -61,7 +67,7 @@ func reach(h *harness, id, hostPort string) bool {
 	h.t.Helper()
 	out := h.exec(h.admin, id, "timeout", "5", "bash", "-c",
 		`exec 3<>/dev/tcp/`+hostPort+` && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && head -c 12 <&3`)
-	return out.ExitCode == 0 && strings.HasPrefix(out.Stdout, "HTTP/1.0 200")
+	return out.ExitCode == 0 && strings.HasPrefix(out.Stdout, "HTTP/1.") && strings.HasSuffix(out.Stdout, " 200")
 }
 
 // TestNetworkEgress boots base VMs with egress none and full against a
@@ -115,4 +121,207 @@ func TestNetworkEgress(t *testing.T) {
 	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "e2en-") {
 		t.Errorf("slot namespaces left after destroy and shutdown:\n%s", out)
 	}
+}
+
+// netDaemon starts a daemon whose slots hang off the lab's host namespace.
+func netDaemon(t *testing.T, lab *netLab) *harness {
+	return startDaemon(t, func(c *config.Config) {
+		c.Network.Enabled = true
+		c.Network.Prefix = "e2en"
+		c.Network.HostNetNS = "/run/netns/" + lab.host
+		c.Network.PoolSize = 1
+		c.Network.DNSUpstream = "10.99.0.2:53"
+		c.Network.Egress = map[string]config.EgressPolicy{"base": {Mode: "full"}}
+	})
+}
+
+// TestNetworkAllowList gives a user the policy allow [server 1's address,
+// one domain] and checks from a real VM: server 1 answers, server 2 (same
+// "internet") does not, the allowed name resolves through the slot's DNS
+// filter and only then becomes reachable, and a name not on the list is
+// refused by the filter without reaching the upstream resolver.
+func TestNetworkAllowList(t *testing.T) {
+	requireVMs(t, "base")
+	lab := newNetLab(t)
+	for _, a := range []string{"10.99.0.3/24", "10.99.0.4/24"} {
+		ipCmd(t, "-n", lab.inet, "addr", "add", a, "dev", "dn0")
+	}
+	two := serveHTTPIn(t, lab.inet, "10.99.0.3:8080", "server two\n")
+	three := serveHTTPIn(t, lab.inet, "10.99.0.4:8080", "server three\n")
+	dns := serveDNSIn(t, lab.inet, "10.99.0.2:53", map[string]netip.Addr{
+		"allowed.test": netip.MustParseAddr("10.99.0.4"),
+		"denied.test":  netip.MustParseAddr("10.99.0.3"),
+	})
+	h := netDaemon(t, lab)
+	ctx := context.Background()
+	carol, err := h.admin.CreateUser(ctx, api.CreateUserRequest{Name: "carol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.d.SetUserNetwork(ctx, carol.ID, &daemon.UserNetwork{Mode: "allow", Allow: []string{"10.99.0.2", "allowed.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	cc := client.New(h.url, carol.APIKey)
+	v := h.createReady(cc, api.KindBase, 3*time.Minute)
+
+	if !reach(h, v.ID, lab.serverURL) {
+		t.Error("allow-list: the VM cannot reach the allowed test server 10.99.0.2")
+	}
+	if reach(h, v.ID, "10.99.0.3/8080") {
+		t.Error("allow-list: the VM reached test server 2 (10.99.0.3), which is not on the list")
+	}
+	if reach(h, v.ID, "10.99.0.4/8080") {
+		t.Error("allow-list: 10.99.0.4 was reachable before its allowed name was resolved")
+	}
+	out := h.exec(h.admin, v.ID, "getent", "hosts", "denied.test")
+	if out.ExitCode == 0 {
+		t.Errorf("allow-list: denied.test resolved in the VM: %q", out.Stdout)
+	}
+	out = h.exec(h.admin, v.ID, "getent", "hosts", "allowed.test")
+	if out.ExitCode != 0 || !strings.HasPrefix(out.Stdout, "10.99.0.4 ") {
+		t.Fatalf("allow-list: allowed.test did not resolve to 10.99.0.4 in the VM: exit %d %q %q", out.ExitCode, out.Stdout, out.Stderr)
+	}
+	if !reach(h, v.ID, "10.99.0.4/8080") {
+		t.Error("allow-list: the address answered for allowed.test is not reachable")
+	}
+	if reach(h, v.ID, "10.99.0.3/8080") {
+		t.Error("allow-list: resolving allowed.test opened server 2 as well")
+	}
+	for _, q := range dns.all() {
+		if q == "denied.test" {
+			t.Error("the slot's DNS filter forwarded denied.test to the upstream resolver")
+		}
+	}
+	if got := two.all(); len(got) != 0 {
+		t.Errorf("server 2 saw requests from the VM: %v", got)
+	}
+	if got := three.all(); len(got) != 1 {
+		t.Errorf("server 3 saw %d requests, want exactly the one after resolving: %v", len(got), got)
+	}
+	t.Logf("dns upstream saw %v", dns.all())
+}
+
+// TestNetworkUpstreamProxy sets a user's upstream proxy through the admin
+// API; a VM of that user fetches a test server through the proxy
+// environment the agent configured; the proxy (run by the test, Basic auth)
+// sees the request with the right credentials, the server sees it arrive,
+// and the proxy password is nowhere in the guest: not in any process's
+// environment or command line, not in ps, not in any file under /etc,
+// /home, /root, /tmp or /run.
+func TestNetworkUpstreamProxy(t *testing.T) {
+	requireVMs(t, "base")
+	lab := newNetLab(t)
+	ipCmd(t, "-n", lab.inet, "addr", "add", "10.99.0.3/24", "dev", "dn0")
+	pass := "pw-" + hex.EncodeToString(randBytes(t, 12))
+	proxy := serveProxyIn(t, lab.inet, "10.99.0.2:3128", "vmuser", pass)
+	target := serveHTTPIn(t, lab.inet, "10.99.0.3:8080", "through the proxy\n")
+	h := netDaemon(t, lab)
+	ctx := context.Background()
+	dave, err := h.admin.CreateUser(ctx, api.CreateUserRequest{Name: "dave"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := os.ReadFile(filepath.Join(h.dataDir, daemon.AdminKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminKey := strings.TrimSpace(string(key))
+	body := `{"mode":"full","proxy":"http://vmuser:` + pass + `@10.99.0.2:3128"}`
+	// Only admins may set it, and no answer echoes the password.
+	if st, resp := putJSON(t, h.url+"/api/v1/users/"+dave.ID+"/network", dave.APIKey, body); st != 403 {
+		t.Errorf("a user set their own network policy: %d %s", st, resp)
+	} else if strings.Contains(resp, pass) {
+		t.Error("the refusal echoes the proxy password")
+	}
+	if st, resp := putJSON(t, h.url+"/api/v1/users/"+dave.ID+"/network", adminKey, `{"mode":"full","proxy":"ftp://vmuser:`+pass+`@x:1"}`); st != 400 || strings.Contains(resp, pass) {
+		t.Errorf("bad proxy scheme: %d %s (want 400 without the password)", st, resp)
+	}
+	if st, resp := putJSON(t, h.url+"/api/v1/users/"+dave.ID+"/network", adminKey, body); st != 204 {
+		t.Fatalf("admin PUT network: %d %s", st, resp)
+	}
+	dc := client.New(h.url, dave.APIKey)
+	v := h.createReady(dc, api.KindBase, 3*time.Minute)
+
+	// A client that honours HTTP_PROXY: bash sends the absolute-URI request
+	// to whatever proxy the environment names (the base image has neither
+	// curl nor wget).
+	get := `p=${HTTP_PROXY#http://}; p=${p%/}; [ -n "$p" ] || { echo "no HTTP_PROXY" >&2; exit 3; }
+exec 3<>/dev/tcp/${p%:*}/${p##*:} || exit 4
+printf 'GET http://10.99.0.3:8080/via-proxy HTTP/1.0\r\nHost: 10.99.0.3:8080\r\n\r\n' >&3
+cat <&3`
+	out := h.exec(dc, v.ID, "timeout", "20", "bash", "-c", get)
+	if out.ExitCode != 0 || !strings.Contains(out.Stdout, " 200 ") || !strings.Contains(out.Stdout, "through the proxy") {
+		t.Fatalf("fetch through HTTP_PROXY: exit %d\nstdout: %s\nstderr: %s", out.ExitCode, out.Stdout, out.Stderr)
+	}
+	if got := proxy.all(); len(got) != 1 || got[0] != "auth-ok GET http://10.99.0.3:8080/via-proxy" {
+		t.Errorf("the upstream proxy saw %v, want one authenticated GET of the target", got)
+	}
+	if got := target.all(); len(got) != 1 || got[0] != "GET /via-proxy" {
+		t.Errorf("the target saw %v, want the request through the proxy", got)
+	}
+	envOut := h.exec(dc, v.ID, "sh", "-c", "echo $HTTP_PROXY")
+	if strings.Contains(envOut.Stdout, "@") || !strings.Contains(envOut.Stdout, "169.254.0.22:3128") {
+		t.Errorf("guest HTTP_PROXY is %q, want the slot's forwarder without credentials", envOut.Stdout)
+	}
+
+	// The search gets the secret in two halves, joined inside bash and fed
+	// to grep through a pipe, so no command line of the search holds it.
+	search := `pat="$1$2"
+pf() { printf '%s\n' "$pat"; }
+grep -laF -f <(pf) /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | sed 's/^/proc: /'
+ps auxeww | grep -aF -f <(pf) >/dev/null && echo "ps: match"
+grep -rlaF -f <(pf) /etc /home /root /tmp /run 2>/dev/null | sed 's/^/file: /'
+true`
+	find := func(secret string) string {
+		half := len(secret) / 2
+		out := h.exec(h.admin, v.ID, "bash", "-c", search, "search", secret[:half], secret[half:])
+		if out.ExitCode != 0 {
+			t.Fatalf("search in the guest: exit %d %s", out.ExitCode, out.Stderr)
+		}
+		return strings.TrimSpace(out.Stdout)
+	}
+	// The search must find what is there: a canary file, and the forwarder's
+	// address in the environment of the exec'd processes.
+	canary := "canary-" + hex.EncodeToString(randBytes(t, 8))
+	if err := h.admin.PutFile(ctx, v.ID, "/tmp/canary.txt", 0o600, strings.NewReader("x "+canary+" y\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := find(canary); !strings.Contains(got, "file: /tmp/canary.txt") {
+		t.Fatalf("the search does not find a canary file: %q", got)
+	}
+	if got := find("169.254.0.22:3128"); !strings.Contains(got, "proc: ") || !strings.Contains(got, "ps: match") {
+		t.Fatalf("the search does not find the proxy address in process environments: %q", got)
+	}
+	if got := find(pass); got != "" {
+		t.Errorf("the proxy password is in the guest:\n%s", got)
+	}
+	if strings.Contains(h.logs.String(), pass) {
+		t.Error("the proxy password is in the daemon's log")
+	}
+}
+
+func randBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// putJSON sends PUT with a bearer key and returns the status and body.
+func putJSON(t *testing.T, url, key, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

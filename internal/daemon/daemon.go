@@ -26,6 +26,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
+	"github.com/hangar-vm/hangar/web/dashboard"
 )
 
 // Version is set at build time with -ldflags "-X ...daemon.Version=...".
@@ -99,6 +100,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.api = httpapi.New(httpapi.Options{
 		Store: st, Events: d.bus, Log: log.With("component", "api"), Version: Version,
 		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes,
+		Root: dashboard.Handler(),
 	})
 	d.runner = tasks.NewRunner(st, log.With("component", "tasks"), time.Duration(cfg.TaskLease))
 

@@ -64,7 +64,22 @@ var servingURL = regexp.MustCompile(`msg="hangar is serving" url=(http://\S+)`)
 // waits until it serves.
 func startServeProc(t *testing.T, dataDir string, env ...string) *serveProc {
 	t.Helper()
-	cmd := exec.Command(buildHangar(t), "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	return startServeProcIn(t, "", dataDir, env...)
+}
+
+// startServeProcIn is startServeProc with the daemon inside the named
+// network namespace ns (empty: the test's own). Only the network
+// namespace is entered (nsenter --net, no new mount namespace), so the
+// slot namespaces the daemon bind-mounts under /run/netns stay visible to
+// the test and to the next daemon. The API then listens on the loopback of
+// ns; the returned URL is a relay to it from the test's loopback.
+func startServeProcIn(t *testing.T, ns, dataDir string, env ...string) *serveProc {
+	t.Helper()
+	argv := []string{buildHangar(t), "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}
+	if ns != "" {
+		argv = append([]string{"nsenter", "--net=/run/netns/" + ns, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -98,6 +113,9 @@ func startServeProc(t *testing.T, dataDir string, env ...string) *serveProc {
 	})
 	select {
 	case p.url = <-urlc:
+		if ns != "" {
+			p.url = "http://" + relayInto(t, ns, strings.TrimPrefix(p.url, "http://"))
+		}
 	case <-p.done:
 		t.Fatal("hangar serve exited before serving")
 	case <-time.After(90 * time.Second):
@@ -190,12 +208,21 @@ func checkNoOrphans(t *testing.T, dataDir string, vms []api.VM) {
 // TestKillDuringCreate kills the daemon with SIGKILL while five VMs are
 // being created, restarts it, and checks that within 60 s every VM is ready
 // or failed with a reason and nothing is orphaned.
+//
+// The daemon runs with networking on inside a namespace the test made, so
+// the check covers slots too: no slot namespace, host veth or nftables
+// table that no live VM (or the idle pool) accounts for, and none at all
+// once every VM is deleted and the daemon stopped.
 func TestKillDuringCreate(t *testing.T) {
 	requireVMs(t, "base")
 	dataDir := newCrashDataDir(t)
 	cleanupVMs(t, dataDir)
-	env := []string{"HANGAR_RECONCILE_INTERVAL=5s"}
-	p := startServeProc(t, dataDir, env...)
+	hostNS := "e2ek" + strconv.Itoa(os.Getpid()%100000)
+	ipCmd(t, "netns", "add", hostNS)
+	t.Cleanup(func() { cleanupSlots(hostNS, "e2ek") })
+	ipCmd(t, "-n", hostNS, "link", "set", "lo", "up")
+	env := []string{"HANGAR_RECONCILE_INTERVAL=5s", "HANGAR_NETWORK=true", "HANGAR_NETWORK_PREFIX=e2ek"}
+	p := startServeProcIn(t, hostNS, dataDir, env...)
 	c := adminClient(t, dataDir, p.url)
 	ctx := context.Background()
 
@@ -219,7 +246,7 @@ func TestKillDuringCreate(t *testing.T) {
 	t.Logf("killed the daemon with %d hypervisor processes running", len(procs))
 
 	restart := time.Now()
-	p = startServeProc(t, dataDir, env...)
+	p = startServeProcIn(t, hostNS, dataDir, env...)
 	c = adminClient(t, dataDir, p.url)
 	var vms []api.VM
 	err := eventually(60*time.Second, func() bool {
@@ -260,11 +287,17 @@ func TestKillDuringCreate(t *testing.T) {
 	// The periodic pass (5 s here) catches what the start pass could not.
 	time.Sleep(6 * time.Second)
 	checkNoOrphans(t, dataDir, vms)
+	checkSlots(t, hostNS, "e2ek", dataDir, vms, 2)
 
 	for _, id := range ids {
 		if err := c.DeleteVM(ctx, id); err != nil {
 			t.Errorf("delete %s: %v", id, err)
 		}
+	}
+	p.signal(t, syscall.SIGTERM)
+	checkSlots(t, hostNS, "e2ek", dataDir, nil, 0)
+	if tables := nftTables(t, hostNS); len(tables) != 0 {
+		t.Errorf("nftables tables left in the daemon's namespace after every vm is gone and the daemon stopped: %v", tables)
 	}
 	if procs, _ := vm.ScanHypervisors(dataDir); len(procs) != 0 {
 		t.Errorf("hypervisor processes left after deleting every vm: %+v", procs)
@@ -432,4 +465,131 @@ func TestDestroyTaskSurvivesKill(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dataDir, "vms", v.ID)); !os.IsNotExist(err) {
 		t.Errorf("run directory left after the destroy task: %v", err)
 	}
+}
+
+// slotObjects lists the slot namespaces ("<prefix>-<n>") and the host veths
+// ("<prefix>v<n>" in hostNS), by slot index.
+func slotObjects(t *testing.T, hostNS, prefix string) (nss, links map[string]bool) {
+	t.Helper()
+	nss, links = map[string]bool{}, map[string]bool{}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if n, ok := strings.CutPrefix(e.Name(), prefix+"-"); ok {
+			nss[n] = true
+		}
+	}
+	out, err := exec.Command("ip", "-n", hostNS, "-o", "link", "show").Output()
+	if err != nil {
+		t.Fatalf("ip -n %s link: %v", hostNS, err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if n, ok := strings.CutPrefix(name, prefix+"v"); ok {
+			links[n] = true
+		}
+	}
+	return nss, links
+}
+
+// nftTables lists the nftables tables of namespace ns.
+func nftTables(t *testing.T, ns string) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "tables").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list tables in %s: %v %s", ns, err, out)
+	}
+	return strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", ","))
+}
+
+// checkSlots asserts that every slot namespace and host veth of prefix
+// belongs to a ready VM of vms (by the slot its record holds) or to the
+// idle pool (at most pool of them), that each slot has both halves, that
+// each ready VM's hypervisor runs inside its own slot's namespace, and
+// that the daemon's namespace holds only hangar's table.
+func checkSlots(t *testing.T, hostNS, prefix, dataDir string, vms []api.VM, pool int) {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(dataDir, "hangar.db"), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	owner := map[string]string{} // slot index -> ready vm
+	for _, v := range vms {
+		if v.State != api.VMReady {
+			continue
+		}
+		rec, err := st.GetVM(context.Background(), v.ID, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rt struct {
+			SlotID string `json:"slot_id"`
+		}
+		_ = json.Unmarshal(rec.Runtime, &rt)
+		n, ok := strings.CutPrefix(rt.SlotID, prefix+"-")
+		if !ok {
+			t.Errorf("ready vm %s records no network slot (%q)", v.ID, rt.SlotID)
+			continue
+		}
+		owner[n] = v.ID
+	}
+	nss, links := slotObjects(t, hostNS, prefix)
+	idle := 0
+	for n := range nss {
+		if !links[n] {
+			t.Errorf("slot namespace %s-%s has no host veth %sv%s", prefix, n, prefix, n)
+		}
+		if owner[n] == "" {
+			idle++
+		}
+	}
+	for n := range links {
+		if !nss[n] {
+			t.Errorf("host veth %sv%s is left without its slot namespace", prefix, n)
+		}
+	}
+	if idle > pool {
+		t.Errorf("%d slot namespaces belong to no live vm (the idle pool is %d): %v", idle, pool, nss)
+	}
+	procs, _ := vm.ScanHypervisors(dataDir)
+	for n, id := range owner {
+		if !nss[n] {
+			t.Errorf("vm %s's slot %s-%s does not exist", id, prefix, n)
+			continue
+		}
+		want, err := os.Stat("/run/netns/" + prefix + "-" + n)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		for _, pr := range procs {
+			if pr.VMID != id {
+				continue
+			}
+			got, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", pr.PID))
+			if err != nil || !os.SameFile(got, want) {
+				t.Errorf("vm %s's hypervisor %d does not run in its slot namespace %s-%s", id, pr.PID, prefix, n)
+			}
+		}
+	}
+	if tables := nftTables(t, hostNS); len(vms) > 0 && (len(tables) != 3 || tables[2] != prefix) {
+		t.Errorf("nftables tables in the daemon's namespace: %v, want only inet %s", tables, prefix)
+	}
+	t.Logf("slots: %d namespaces (%d of live vms, %d idle), %d host veths", len(nss), len(owner), idle, len(links))
+}
+
+// cleanupSlots removes whatever a failed test left of prefix's slots and
+// the namespace hostNS itself.
+func cleanupSlots(hostNS, prefix string) {
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			_ = exec.Command("ip", "netns", "del", e.Name()).Run()
+		}
+	}
+	_ = exec.Command("ip", "netns", "del", hostNS).Run()
 }

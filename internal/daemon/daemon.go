@@ -225,8 +225,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { errc <- d.srv.Serve(d.ln) }()
 	d.log.Info("hangar is serving", "url", "http://"+d.ln.Addr().String(), "version", Version, "store", d.store.Dialect())
 	if d.Banner != nil {
-		fmt.Fprintf(d.Banner, "\nhangar %s is serving at http://%s\n  store: %s\n  admin API key: %s\n  try: hangar me   (reads that key)\n\n",
-			Version, d.ln.Addr(), d.store.Dialect(), filepath.Join(d.cfg.DataDir, AdminKeyFile))
+		fmt.Fprintf(d.Banner, "\nhangar %s is serving at http://%s\n  dashboard: http://%s/  (sign in with the admin API key)\n  store: %s\n  admin API key: %s\n  try: hangar me   |   hangar auth login dev   |   hangar vm create base\n\n",
+			Version, d.ln.Addr(), d.ln.Addr(), d.store.Dialect(), filepath.Join(d.cfg.DataDir, AdminKeyFile))
 	}
 
 	var serveErr error

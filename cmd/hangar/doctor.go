@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/image"
 )
 
@@ -20,21 +19,30 @@ import (
 const minFreeBytes = 10 << 30
 
 func newDoctorCmd(o *rootOptions) *cobra.Command {
-	return &cobra.Command{
+	var configFile string
+	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what this host has and lacks for building images and running VMs",
 		Long: `Checks the tools the image builds need (kernel build tools, debootstrap,
 e2fsprogs, npm, Go), what running VMs needs (QEMU, Firecracker, a usable
 /dev/kvm) and free disk in the data directory, each with how to fix it.
+Also reports leftovers no VM record owns (hypervisor processes, run
+directories, network slot namespaces and links, hangar's nftables table);
+` + "`hangar gc`" + ` removes them with the daemon stopped.
 Exits non-zero when something required is missing; Firecracker and KVM are
 optional (without them VMs run on QEMU with TCG emulation, much slower).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dataDir := config.ResolveDataDir(o.dataDir)
+			cfg, err := loadConfig(o, configFile)
+			if err != nil {
+				return err
+			}
+			dataDir := cfg.DataDir
 			checks := image.KernelToolChecks("/usr/src/linux-source-6.1.tar.xz")
 			checks = append(checks, image.RootfsToolChecks()...)
 			checks = append(checks, runChecks()...)
 			checks = append(checks, diskCheck(dataDir))
+			checks = append(checks, leftoverChecks(cmd.Context(), cfg)...)
 			if o.json {
 				return writeJSON(cmd.OutOrStdout(), checks)
 			}
@@ -61,6 +69,8 @@ optional (without them VMs run on QEMU with TCG emulation, much slower).`,
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&configFile, "config", "", "the daemon's JSON config file (for its data dir and network prefix)")
+	return cmd
 }
 
 func lookCmd(name, pkg, forWhat string, warn bool) image.Check {

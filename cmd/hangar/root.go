@@ -37,6 +37,7 @@ func newRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newImageCmd(o),
 		newDoctorCmd(o),
+		newGCCmd(o),
 	)
 	return root
 }

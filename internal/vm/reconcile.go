@@ -183,9 +183,7 @@ func (m *Manager) ownsProcess(recs map[string]store.VM, p HypervisorProcess, atS
 			return st.PID == p.PID
 		}
 	}
-	var rt runtimeDoc
-	_ = json.Unmarshal(v.Runtime, &rt)
-	return rt.VMM != nil && rt.VMM.PID == p.PID && rt.VMM.StartTime == p.StartTime
+	return RecordOwnsProcess(v, p)
 }
 
 // booting reports whether a boot of id is in progress in this daemon.
@@ -199,4 +197,27 @@ func (m *Manager) booting(id string) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return in.booting
+}
+
+// RecordOwnsProcess reports whether the record v accounts for the
+// hypervisor process p while no daemon holds it: v is in an active state
+// and persisted exactly this process (pid and start time). `hangar
+// doctor` and `hangar gc` use it with the daemon stopped.
+func RecordOwnsProcess(v store.VM, p HypervisorProcess) bool {
+	if v.ID != p.VMID || !active(v.State) {
+		return false
+	}
+	var rt runtimeDoc
+	_ = json.Unmarshal(v.Runtime, &rt)
+	return rt.VMM != nil && rt.VMM.PID == p.PID && rt.VMM.StartTime == p.StartTime
+}
+
+// RecordSlot returns the network slot an active record holds, "" if none.
+func RecordSlot(v store.VM) string {
+	if !active(v.State) {
+		return ""
+	}
+	var rt runtimeDoc
+	_ = json.Unmarshal(v.Runtime, &rt)
+	return rt.SlotID
 }

@@ -80,6 +80,10 @@ func TestDoctorAndGCLeftovers(t *testing.T) {
 	rootNet := os.Geteuid() == 0
 	if rootNet {
 		hostNS := prefix + "h"
+		t.Cleanup(func() {
+			_ = exec.Command("ip", "netns", "del", hostNS).Run()
+			_ = exec.Command("ip", "netns", "del", prefix+"-7").Run()
+		})
 		for _, args := range [][]string{
 			{"netns", "add", hostNS}, {"netns", "add", prefix + "-7"},
 			{"-n", hostNS, "link", "add", prefix + "v7", "type", "veth", "peer", "name", prefix + "p7"},
@@ -88,10 +92,6 @@ func TestDoctorAndGCLeftovers(t *testing.T) {
 				t.Fatalf("ip %v: %v %s", args, err, out)
 			}
 		}
-		t.Cleanup(func() {
-			_ = exec.Command("ip", "netns", "del", hostNS).Run()
-			_ = exec.Command("ip", "netns", "del", prefix+"-7").Run()
-		})
 		netCfg["host_netns"] = "/run/netns/" + hostNS
 	} else {
 		t.Log("not root: the network slot part of this test is skipped (it needs to create namespaces)")

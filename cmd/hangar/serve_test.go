@@ -75,8 +75,9 @@ func startServe(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(hangarBin(t), append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
 	// These tests are about the daemon, not images: a temp data dir would
-	// otherwise start a full guest image build.
-	cmd.Env = append(append(os.Environ(), "HANGAR_BUILD_IMAGES=false"), env...)
+	// otherwise start a full guest image build. Nor about VM networking,
+	// which by default would create slots in this machine's namespace.
+	cmd.Env = append(append(os.Environ(), "HANGAR_BUILD_IMAGES=false", "HANGAR_NETWORK=false"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

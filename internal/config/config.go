@@ -74,6 +74,15 @@ type Network struct {
 	// Enabled gives every VM a network slot (namespace, veth, TAP,
 	// nftables egress policy). Off, VMs have no network device at all
 	// (the agent link does not need one). Needs root.
+	//
+	// Default on: CLI VMs exist to reach their provider's API and a
+	// browser login needs the identity provider, so a VM without a network
+	// is not the product. The daemon then creates its slots, host links
+	// and "inet <prefix>" table in its own namespace (host_netns empty),
+	// which on a real host is the machine's. Tests never use that default:
+	// each test either turns networking off because it is not about the
+	// network, or runs the daemon in (or hangs the slots off) a namespace
+	// the test created.
 	Enabled bool `json:"enabled"`
 	// Prefix names the namespaces ("<prefix>-<n>"), host links and the
 	// nftables table hangar owns; two daemons on one host need different
@@ -128,6 +137,7 @@ func Default() Config {
 		VMShutdownPolicy:  "leave",
 		ReconcileInterval: Duration(time.Minute),
 		Network: Network{
+			Enabled:  true,
 			Prefix:   "hangar",
 			PoolCIDR: "10.200.0.0/16",
 			PoolSize: 2,

@@ -101,6 +101,12 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 		d.log.Info("vm networking is off (network.enabled=false): VMs get no network device")
 		return nil
 	}
+	if os.Geteuid() != 0 {
+		// Namespaces, links and nftables need root; a developer's
+		// unprivileged daemon still runs VMs, without a network.
+		d.log.Warn("vm networking needs root; VMs get no network device (set network.enabled=false to silence this)")
+		return nil
+	}
 	keys, err := seal.Open(d.cfg.DataDir, os.LookupEnv)
 	if err != nil {
 		return fmt.Errorf("keyring for upstream proxies: %w", err)

@@ -80,7 +80,13 @@ func startServeProcIn(t *testing.T, ns, dataDir string, env ...string) *servePro
 		argv = append([]string{"nsenter", "--net=/run/netns/" + ns, "--"}, argv...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(append(os.Environ(), "HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug"), env...)
+	base := []string{"HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug"}
+	if ns == "" {
+		// Networking defaults to on, in the daemon's namespace, which is
+		// the machine's here: only a daemon in a test namespace gets it.
+		base = append(base, "HANGAR_NETWORK=false")
+	}
+	cmd.Env = append(append(os.Environ(), base...), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

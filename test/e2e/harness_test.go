@@ -93,6 +93,10 @@ func startDaemon(t *testing.T, mutate func(*config.Config)) *harness {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.BuildImages = false
 	cfg.LogLevel = "debug"
+	// Networking is on by default, in the daemon's own namespace: here
+	// that would be the machine's. Tests about the network turn it on
+	// with HostNetNS set to a namespace they created (network_test.go).
+	cfg.Network.Enabled = false
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -2,12 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,13 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
-	"github.com/hangar-vm/hangar/web/dashboard"
 )
 
 // The dashboard tests drive the real page in a real headless Chromium
@@ -178,10 +177,8 @@ func (b *browserTab) shot(name string) {
 	}
 }
 
-// dashboardURL is where the test opens the dashboard: the daemon itself
-// when it serves it at "/". While the daemon does not mount it yet, the test
-// serves the embedded dashboard in front of the daemon (everything else is
-// proxied unchanged), so the page is still tested against the real API.
+// dashboardURL checks that the daemon serves the dashboard at "/" and
+// returns its address.
 func dashboardURL(t *testing.T, h *harness) string {
 	t.Helper()
 	resp, err := http.Get(h.url + "/")
@@ -189,24 +186,11 @@ func dashboardURL(t *testing.T, h *harness) string {
 		t.Fatalf("GET /: %v", err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode == 200 && strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
-		return h.url + "/"
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		resp.Header.Get("Content-Security-Policy") == "" {
+		t.Fatalf("the daemon does not serve the dashboard at /: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
-	t.Logf("NOTE: the daemon does not serve the dashboard at / (GET / = %d %s); serving the embedded dashboard from the test in front of the daemon",
-		resp.StatusCode, resp.Header.Get("Content-Type"))
-	target, _ := url.Parse(h.url)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.FlushInterval = -1 // server-sent events must not be buffered
-	dash := dashboard.Handler()
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if p := r.URL.Path; p == "/" || p == "/index.html" || strings.HasPrefix(p, "/assets/") {
-			dash.ServeHTTP(w, r)
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(front.Close)
-	return front.URL + "/"
+	return h.url + "/"
 }
 
 // adminKey is the daemon's first admin key (never logged).
@@ -427,7 +411,7 @@ func TestDashboardConnectDev(t *testing.T) {
 	b.do(30*time.Second, "open the dashboard", chromedp.Navigate(base), chromedp.WaitVisible(chromedp.CSS("#api-key")))
 	b.signIn(h.adminKey(t))
 	b.waitJS(10*time.Second, "signed in", `!document.querySelector("#app-view").hidden`)
-	connectDevThroughLiveView(t, b)
+	connectDevThroughLiveView(t, h, b)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -445,8 +429,10 @@ func TestDashboardConnectDev(t *testing.T) {
 }
 
 // connectDevThroughLiveView clicks "Connect dev" and completes the dev
-// provider's login through the live view embedded in the page.
-func connectDevThroughLiveView(t *testing.T, b *browserTab) {
+// provider's login through the live view embedded in the page. It reads
+// the VM browser's page title (DevTools over the agent link) only to know
+// when to type; every key reaches the VM through the page.
+func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 	t.Helper()
 	b.do(10*time.Second, "connect dev", chromedp.Click(chromedp.CSS("#connect-dev")))
 	b.waitJS(10*time.Second, "the session panel", `!document.querySelector("#session-panel").hidden && document.querySelector("#session-state").dataset.state !== ""`)
@@ -456,12 +442,22 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 	// The OAuth page is open in the VM's browser once the session awaits
 	// the user.
 	b.waitJS(4*time.Minute, "the session to await the user", `document.querySelector("#session-state").dataset.state === "awaiting_user"`)
+	sessionID, err := evalIn[string](b, `sessionStorage.getItem("hangar.authSession") ?? ""`)
+	if err != nil || sessionID == "" {
+		t.Fatalf("the page keeps no open session id (%v)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var sess api.AuthSession
+	if err := h.admin.Do(ctx, http.MethodGet, "/api/v1/auth/sessions/"+sessionID, nil, &sess); err != nil || sess.VMID == "" {
+		t.Fatalf("session %s: %v (vm %q)", sessionID, err, sess.VMID)
+	}
 
 	// Wait until the live view's noVNC client is connected to the VM's
 	// screen (the viewer page marks its body; it is same-origin, so the
 	// dashboard's document can look into it).
 	b.waitJS(time.Minute, "the live view to connect", `document.querySelector("#live-view")?.contentDocument?.body?.dataset.state === "connected"`)
-	var frame []*chromedp.Node
+	var frame *chromedp.Node
 	if err := eventually(30*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(b.ctx, 3*time.Second)
 		defer cancel()
@@ -472,45 +468,68 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 		if _, err := chromedp.Run(ctx, chromedp.Nodes(chromedp.CSS("canvas"), chromedp.FromNode(nodes[0]))); err != nil {
 			return false
 		}
-		frame = nodes
+		frame = nodes[0]
 		return true
 	}); err != nil {
 		t.Fatalf("no canvas in the live view: %v\n%s", err, b.diagnose())
 	}
-	// The dev OAuth page autofocuses its username field. Give the VM's
-	// browser (slow under TCG) a moment to finish rendering it before typing.
-	time.Sleep(5 * time.Second)
-	// Focus the canvas as a click would, but without sending a pointer
-	// click into the VM: a click on the page would take the focus away from
-	// the username field.
-	b.shot("session-live-view")
-	b.do(10*time.Second, "focus the live view canvas", chromedp.Focus(chromedp.CSS("canvas"), chromedp.FromNode(frame[0])))
+	// In the VM's bare X server keyboard focus follows the pointer, so the
+	// mouse moves over the screen (noVNC forwards the position) but does not
+	// click: a click on the page would take the focus away from the
+	// autofocused username field. The canvas then gets the focus a click
+	// would have given it, and keys typed in this tab go to the VM.
+	dctx, dcancel := context.WithTimeout(b.ctx, 10*time.Second)
+	box, err := chromedp.Run(dctx, chromedp.Dimensions(chromedp.CSS("#live-view")))
+	dcancel()
+	if err != nil || len(box.Content) < 8 {
+		t.Fatalf("live view box: %v", err)
+	}
+	x, y := (box.Content[0]+box.Content[4])/2, (box.Content[1]+box.Content[5])/2
+	b.do(10*time.Second, "point at the live view and focus its canvas",
+		chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, x, y),
+		chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, x+5, y+5),
+		chromedp.Focus(chromedp.CSS("canvas"), chromedp.FromNode(frame)),
+	)
 	if focused, _ := evalIn[bool](b, `document.activeElement === document.querySelector("#live-view")`); !focused {
 		t.Fatalf("the live view iframe does not have the focus after focusing its canvas\n%s", b.diagnose())
 	}
+	// The VM browser's title changes before Chromium paints the page (slowly,
+	// under TCG), and keys sent to a page still loading are lost: wait until
+	// the live view shows the page, unlike the screen before, and holds still.
+	painted := func(title string, unlike []int, within time.Duration) []int {
+		t.Helper()
+		var got string
+		var screen []int
+		if err := eventually(within, func() bool {
+			if got = vmBrowserTitle(ctx, h, sess.VMID); !strings.Contains(got, title) {
+				return false
+			}
+			first := b.liveScreen()
+			if len(first) == 0 || blankScreen(first) || (unlike != nil && screenDiff(first, unlike) < 0.02) {
+				return false
+			}
+			time.Sleep(time.Second)
+			screen = b.liveScreen()
+			return screenDiff(first, screen) < 0.01
+		}); err != nil {
+			saveLiveViewShot(t, b)
+			t.Fatalf("the live view does not show the page %q (the VM's browser shows %q)\n%s", title, got, b.diagnose())
+		}
+		return screen
+	}
+	signInScreen := painted("Sign in", nil, 90*time.Second)
+	b.shot("session-live-view")
 	b.do(30*time.Second, "type the dev credentials into the live view",
 		chromedp.KeyEvent("demo"),
 		chromedp.KeyEvent(kb.Tab),
 		chromedp.KeyEvent("hangar-demo"),
 		chromedp.KeyEvent(kb.Enter),
 	)
-	// The consent page focuses Allow, so Enter approves. Its page load time
-	// under TCG varies: press Enter until the session moves on.
-	approved := false
-	for range 12 {
-		time.Sleep(5 * time.Second)
-		st, _ := evalIn[string](b, `document.querySelector("#session-state").dataset.state`)
-		if st != "awaiting_user" {
-			approved = true
-			break
-		}
-		b.do(10*time.Second, "approve", chromedp.KeyEvent(kb.Enter))
-	}
-	if !approved {
-		saveLiveViewShot(t, b)
-		t.Fatalf("the session still awaits the user a minute after signing in through the live view\n%s", b.diagnose())
-	}
-	b.waitJS(2*time.Minute, "the session to complete", `["completed","failed","timeout","cancelled"].includes(document.querySelector("#session-state").dataset.state)`)
+	// The consent page focuses Allow, so Enter approves.
+	painted("Allow access", signInScreen, 90*time.Second)
+	b.do(10*time.Second, "approve", chromedp.KeyEvent(kb.Enter))
+
+	b.waitJS(2*time.Minute, "the session to end", `["completed","failed","timeout","cancelled"].includes(document.querySelector("#session-state").dataset.state)`)
 	if st := b.text("#session-state"); st != "Connected" {
 		t.Fatalf("session ended %q (%s)\n%s", st, b.text("#session-error"), b.diagnose())
 	}
@@ -521,18 +540,90 @@ func connectDevThroughLiveView(t *testing.T, b *browserTab) {
 	}
 }
 
+// liveScreen samples the live view's VNC canvas (every 97th pixel below the
+// VM browser's toolbar, as 0xRRGGBB); nil when there is no canvas yet.
+func (b *browserTab) liveScreen() []int {
+	px, err := evalIn[[]int](b, `(() => {
+		const c = document.querySelector("#live-view")?.contentDocument?.querySelector("canvas");
+		if (!c || !c.width || !c.height) return [];
+		const y0 = Math.floor(c.height / 5);
+		const d = c.getContext("2d").getImageData(0, y0, c.width, c.height - y0).data;
+		const out = [];
+		for (let i = 0; i + 3 < d.length; i += 4 * 97) out.push((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+		return out;
+	})()`)
+	if err != nil {
+		return nil
+	}
+	return px
+}
+
+// blankScreen reports whether every sampled pixel has one colour (a blank page).
+func blankScreen(px []int) bool {
+	for _, p := range px {
+		if p != px[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// screenDiff is the share of sampled pixels that differ between two
+// samples (1 when their sizes differ).
+func screenDiff(a, b []int) float64 {
+	if len(a) != len(b) || len(a) == 0 {
+		return 1
+	}
+	d := 0
+	for i := range a {
+		if a[i] != b[i] {
+			d++
+		}
+	}
+	return float64(d) / float64(len(a))
+}
+
+// vmBrowserTitle asks the VM's Chromium (DevTools on guest port 9222,
+// reached over the agent link) for the title of its page; "" when it
+// cannot tell.
+func vmBrowserTitle(ctx context.Context, h *harness, vmID string) string {
+	admin, err := h.d.Store().GetUserByName(ctx, "admin")
+	if err != nil {
+		return ""
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return h.d.VMs().DialPort(ctx, admin, vmID, 9222)
+	}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://127.0.0.1:9222/json/list")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var tabs []struct{ Type, Title string }
+	if err := json.NewDecoder(resp.Body).Decode(&tabs); err != nil {
+		return ""
+	}
+	for _, tb := range tabs {
+		if tb.Type == "page" {
+			return tb.Title
+		}
+	}
+	return ""
+}
+
 // saveLiveViewShot writes a screenshot of the page, live view included, to
 // a file and logs its path, so a failed login can be looked at.
 func saveLiveViewShot(t *testing.T, b *browserTab) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
 	defer cancel()
-	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Logf("page screenshot: %v", err)
 		return
 	}
-	path := filepath.Join(os.TempDir(), fmt.Sprintf("hangar-dashboard-liveview-%d.jpg", time.Now().Unix()))
+	path := filepath.Join(os.TempDir(), fmt.Sprintf("hangar-dashboard-liveview-%d.png", time.Now().Unix()))
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Logf("save page screenshot: %v", err)
 		return

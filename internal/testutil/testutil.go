@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -108,4 +110,35 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.T.Log(strings.TrimRight(string(p), "\n"))
 	}
 	return len(p), nil
+}
+
+var (
+	binMu    sync.Mutex // guards binPaths
+	binPaths = map[string]string{}
+)
+
+// BuildBinary builds the Go main package at pkg (a path relative to the
+// test's directory, such as "../../cmd/hangar") once per test binary and
+// returns the executable's path. env is added to the build's environment
+// (e.g. CGO_ENABLED=0 for binaries that go into a VM).
+func BuildBinary(t testing.TB, pkg string, env ...string) string {
+	t.Helper()
+	key := pkg + "|" + strings.Join(env, " ")
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binPaths[key]; ok {
+		return p
+	}
+	dir, err := os.MkdirTemp("", "hangar-test-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), env...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+	binPaths[key] = out
+	return out
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -70,10 +69,7 @@ func TestAuthLoginCLIPaste(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "hangar")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/hangar").CombinedOutput(); err != nil {
-		t.Fatalf("build hangar: %v\n%s", err, out)
-	}
+	bin := buildHangar(t)
 	cmd := exec.Command(bin, "--server", h.url, "--token", u.APIKey, "auth", "login", "dev", "--mode", "paste")
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()

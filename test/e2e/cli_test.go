@@ -30,10 +30,7 @@ func TestCLIQuotasMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(t.TempDir(), "hangar")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/hangar").CombinedOutput(); err != nil {
-		t.Fatalf("build hangar: %v\n%s", err, out)
-	}
+	bin := buildHangar(t)
 	run := func(wantCode int, stdin string, args ...string) string {
 		t.Helper()
 		cmd := exec.Command(bin, append([]string{"--server", h.url, "--token", alice.APIKey}, args...)...)

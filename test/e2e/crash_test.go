@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,29 +25,9 @@ import (
 // These tests run `hangar serve` as a separate process so it can be killed
 // with SIGKILL or stopped with SIGTERM, and restarted on the same data dir.
 
-var (
-	hangarBinOnce sync.Once
-	hangarBinPath string
-	hangarBinErr  error
-)
-
 func buildHangar(t *testing.T) string {
 	t.Helper()
-	hangarBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hangar-e2e-bin-")
-		if err != nil {
-			hangarBinErr = err
-			return
-		}
-		hangarBinPath = filepath.Join(dir, "hangar")
-		if out, err := exec.Command("go", "build", "-o", hangarBinPath, "../../cmd/hangar").CombinedOutput(); err != nil {
-			hangarBinErr = fmt.Errorf("build hangar: %v\n%s", err, out)
-		}
-	})
-	if hangarBinErr != nil {
-		t.Fatal(hangarBinErr)
-	}
-	return hangarBinPath
+	return testutil.BuildBinary(t, "../../cmd/hangar")
 }
 
 // serveProc is one `hangar serve` process on a data dir.

@@ -5,13 +5,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/agentlink"
+	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
 )
@@ -21,12 +20,7 @@ import (
 // internet to get past printing their URL.
 func installFakeCLIs(t *testing.T, h *harness) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "fakecli")
-	cmd := exec.Command("go", "build", "-o", bin, "../fakecli")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build fakecli: %v\n%s", err, out)
-	}
+	bin := testutil.BuildBinary(t, "../fakecli", "CGO_ENABLED=0")
 	h.d.Logins().SetPrepareVM(func(ctx context.Context, link *agentlink.Client) error {
 		for _, name := range []string{"fakecli", "codex", "claude", "gemini"} {
 			f, err := os.Open(bin)

@@ -133,7 +133,11 @@ func BuildBinary(t testing.TB, pkg string, env ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, filepath.Base(pkg))
+	abs, err := filepath.Abs(pkg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, filepath.Base(abs))
 	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), env...)
 	if b, err := cmd.CombinedOutput(); err != nil {

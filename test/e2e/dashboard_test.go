@@ -500,7 +500,9 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 		t.Helper()
 		var got string
 		var screen []int
-		if err := eventually(within, func() bool {
+		// Once a second: each look at the title is a DevTools request the
+		// VM's (emulated, slow) Chromium has to answer while it loads.
+		if err := pollEvery(within, time.Second, func() bool {
 			if got = vmBrowserTitle(ctx, h, sess.VMID); !strings.Contains(got, title) {
 				return false
 			}
@@ -538,6 +540,18 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 	if present, _ := evalIn[bool](b, `document.querySelector("#live-view") !== null`); present {
 		t.Error("the live view is still embedded after the session completed")
 	}
+}
+
+// pollEvery checks cond every interval until it holds or within passes.
+func pollEvery(within, interval time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errTimeout
+		}
+		time.Sleep(interval)
+	}
+	return nil
 }
 
 // liveScreen samples the live view's VNC canvas (every 97th pixel below the

@@ -52,6 +52,10 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 		},
 	})
 	d.api.MountPublic("/live/", lv)
+	// A viewer page loads about 55 immutable, content-addressed module
+	// files; they are not worth a share of the per-address rate limit.
+	d.api.MountUnlimited("/live/v/", lv)
+	d.logins.SetOnEnd(lv.EndSession)
 	d.closers = append(d.closers, closer{"liveview", func(context.Context) error { lv.Close(); return nil }})
 
 	d.runner.Register(vm.DestroyTaskKind, func(ctx context.Context, t store.Task) error {

@@ -99,6 +99,15 @@ func (s *Server) MountAdmin(pattern string, h http.HandlerFunc) {
 	}})
 }
 
+// MountUnlimited serves h under pattern without a key and without the rate
+// limit: for immutable static assets only.
+func (s *Server) MountUnlimited(pattern string, h http.Handler) {
+	s.handle(route{pattern, public, func(w http.ResponseWriter, r *http.Request) error {
+		h.ServeHTTP(w, r)
+		return nil
+	}})
+}
+
 // MountPublic serves h under prefix without an API key (the dev OAuth
 // provider, the live view with its own tokens, the dashboard), still with
 // request ids, logging, metrics and the per-address rate limit.

@@ -258,3 +258,10 @@ func (m *Manager) SetPrepareVM(fn func(ctx context.Context, link *agentlink.Clie
 	m.prepareVM = fn
 	m.mu.Unlock()
 }
+
+// SetOnEnd sets what to tell when a session ends.
+func (m *Manager) SetOnEnd(fn func(sessionID string)) {
+	m.mu.Lock()
+	m.onEnd = fn
+	m.mu.Unlock()
+}

@@ -70,11 +70,13 @@ type Manager struct {
 	devAuth http.Handler
 	log     *slog.Logger
 
-	mu   sync.Mutex // guards runs, prepareVM and cfg.PublicDevOAuthURL
+	mu   sync.Mutex // guards runs, prepareVM, onEnd and cfg.PublicDevOAuthURL
 	runs map[string]*run
 	// prepareVM, when set, runs on each login VM before the login command
 	// (operators install extra tools; tests install fake CLIs).
 	prepareVM func(ctx context.Context, link *agentlink.Client) error
+	// onEnd is told when a session ends (the live view closes its viewers).
+	onEnd func(sessionID string)
 	wg        sync.WaitGroup
 }
 
@@ -260,8 +262,12 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 		}
 		m.mu.Lock()
 		delete(m.runs, s.ID)
+		onEnd := m.onEnd
 		m.mu.Unlock()
 		rn.cancel(nil)
+		if onEnd != nil {
+			onEnd(s.ID)
+		}
 	}
 	fail := func(err error) {
 		switch cause := context.Cause(ctx); {

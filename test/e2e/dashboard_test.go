@@ -527,11 +527,31 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 		chromedp.KeyEvent("hangar-demo"),
 		chromedp.KeyEvent(kb.Enter),
 	)
-	// The consent page focuses Allow, so Enter approves.
+	// The consent page focuses Allow, so Enter approves. Should the page
+	// still show consent 20 s later (a key lost while the emulated browser
+	// was busy), press Enter again as a user would; the log says so.
 	painted("Allow access", signInScreen, 90*time.Second)
-	b.do(10*time.Second, "approve", chromedp.KeyEvent(kb.Enter))
+	for try := 1; ; try++ {
+		b.do(10*time.Second, "approve", chromedp.KeyEvent(kb.Enter))
+		moved := pollEvery(20*time.Second, time.Second, func() bool {
+			st, _ := evalIn[string](b, `document.querySelector("#session-state").dataset.state`)
+			return st != "awaiting_user" || !strings.Contains(vmBrowserTitle(ctx, h, sess.VMID), "Allow access")
+		}) == nil
+		if moved {
+			break
+		}
+		if try == 3 {
+			saveLiveViewShot(t, b)
+			t.Fatalf("the VM's browser still shows the consent page after %d presses of Enter\n%s", try, b.diagnose())
+		}
+		t.Logf("the consent page is still shown 20 s after Enter; pressing Enter again")
+	}
 
-	b.waitJS(2*time.Minute, "the session to end", `["completed","failed","timeout","cancelled"].includes(document.querySelector("#session-state").dataset.state)`)
+	ended := `["completed","failed","timeout","cancelled"].includes(document.querySelector("#session-state").dataset.state)`
+	if err := b.pollJS(2*time.Minute, ended); err != nil {
+		saveLiveViewShot(t, b)
+		t.Fatalf("the session did not end after consent (the VM's browser shows %q)\n%s", vmBrowserTitle(ctx, h, sess.VMID), b.diagnose())
+	}
 	if st := b.text("#session-state"); st != "Connected" {
 		t.Fatalf("session ended %q (%s)\n%s", st, b.text("#session-error"), b.diagnose())
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/hangar-vm/hangar/internal/daemon"
 	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
@@ -108,7 +109,7 @@ func (b *browserTab) do(within time.Duration, what string, actions ...chromedp.A
 	}
 }
 
-// eval evaluates a JavaScript expression in the page. DevTools evaluation is
+// evalIn evaluates a JavaScript expression in the page. DevTools evaluation is
 // not subject to the page's CSP (chromedp's Poll is: it builds its predicate
 // with new Function, which the dashboard's CSP forbids).
 func evalIn[T any](b *browserTab, expr string) (T, error) {
@@ -196,7 +197,7 @@ func dashboardURL(t *testing.T, h *harness) string {
 // adminKey is the daemon's first admin key (never logged).
 func (h *harness) adminKey(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(h.dataDir, "admin.key"))
+	b, err := os.ReadFile(filepath.Join(h.dataDir, daemon.AdminKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,12 +216,7 @@ func (b *browserTab) signIn(key string) {
 	)
 }
 
-// vmState is the state the page shows for a VM ("" when it has no row).
-func (b *browserTab) vmState(id string) string {
-	s, _ := evalIn[string](b, `document.querySelector('#vms tr[data-vm-id=`+strconv.Quote(id)+`] [data-state]')?.dataset.state ?? ""`)
-	return s
-}
-
+// vmRowButton selects the button for action in the VM's row.
 func vmRowButton(id, action string) chromedp.CSS {
 	return chromedp.CSS(`#vms tr[data-vm-id=` + strconv.Quote(id) + `] button[data-action="` + action + `"]`)
 }
@@ -399,7 +395,8 @@ func loginSessionsMounted(t *testing.T, h *harness) bool {
 // canvas inside that iframe (key events travel page → noVNC → websocket →
 // agent link → x11vnc → the VM's Chromium); the CLI's callback completes
 // inside the VM, the credentials are captured, and the page shows the
-// session "Connected" and dev in the providers table, as the API does.
+// session "Connected" and dev in the providers table, as the API does;
+// Disconnect on the page (after confirmation) deletes the credentials.
 func TestDashboardConnectDev(t *testing.T) {
 	h := startDaemon(t, nil)
 	if !loginSessionsMounted(t, h) {
@@ -424,7 +421,24 @@ func TestDashboardConnectDev(t *testing.T) {
 		found = found || c.Provider == "dev"
 	}
 	if !found {
-		t.Errorf("the page shows dev connected but the API lists %+v", creds)
+		t.Fatalf("the page shows dev connected but the API lists %+v", creds)
+	}
+
+	// Disconnect from the page, after confirmation.
+	b.do(20*time.Second, "disconnect dev",
+		chromedp.Click(chromedp.CSS(`#providers tr[data-provider="dev"] button[data-action="disconnect"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#confirm-yes")),
+		chromedp.Click(chromedp.CSS("#confirm-yes")),
+	)
+	b.waitJS(20*time.Second, "dev gone from the providers table", `document.querySelector('#providers tr[data-provider="dev"]') === null`)
+	creds = nil
+	if err := h.admin.Do(ctx, http.MethodGet, "/api/v1/credentials", nil, &creds); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range creds {
+		if c.Provider == "dev" {
+			t.Errorf("dev is still stored after Disconnect on the page: %+v", c)
+		}
 	}
 }
 

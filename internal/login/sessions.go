@@ -275,6 +275,10 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 			finish(api.AuthCancelled, errCancelled)
 		case errors.Is(cause, errTimeout), errors.Is(cause, errTooLong):
 			finish(api.AuthTimeout, cause)
+		case cause != nil:
+			// Ended from outside (the daemon stopping): say that, not
+			// how the killed CLI exited.
+			finish(api.AuthFailed, cause)
 		default:
 			finish(api.AuthFailed, err)
 		}

@@ -118,11 +118,11 @@ func codex(args []string) error {
 	state := random(32)
 	q := url.Values{
 		"response_type": {"code"}, "client_id": {"app_EMoamEEZ73f0CkXaXp7hrann"},
-		"redirect_uri": {"http://localhost:1455/auth/callback"}, "scope": {"openid profile email offline_access"},
+		"redirect_uri": {"http://127.0.0.1:1455/auth/callback"}, "scope": {"openid profile email offline_access"},
 		"code_challenge": {random(16)}, "code_challenge_method": {"S256"}, "id_token_add_organizations": {"true"},
 		"codex_cli_simplified_flow": {"true"}, "state": {state}, "originator": {"codex_cli_rs"},
 	}
-	fmt.Fprintf(os.Stderr, "Starting local login server on http://localhost:1455.\nIf your browser did not open, navigate to this URL to authenticate:\n\nhttps://auth.openai.com/oauth/authorize?%s\n", q.Encode())
+	fmt.Fprintf(os.Stderr, "Starting local login server on http://127.0.0.1:1455.\nIf your browser did not open, navigate to this URL to authenticate:\n\nhttps://auth.openai.com/oauth/authorize?%s\n", q.Encode())
 	codes := make(chan string, 1)
 	go callback(ln, "/auth/callback", state, codes)
 	code := <-codes

@@ -397,6 +397,7 @@ func loginSessionsMounted(t *testing.T, h *harness) bool {
 // inside the VM, the credentials are captured, and the page shows the
 // session "Connected" and dev in the providers table, as the API does;
 // Disconnect on the page (after confirmation) deletes the credentials.
+// Before that, a first login is cancelled from the panel.
 func TestDashboardConnectDev(t *testing.T) {
 	h := startDaemon(t, nil)
 	if !loginSessionsMounted(t, h) {
@@ -408,6 +409,22 @@ func TestDashboardConnectDev(t *testing.T) {
 	b.do(30*time.Second, "open the dashboard", chromedp.Navigate(base), chromedp.WaitVisible(chromedp.CSS("#api-key")))
 	b.signIn(h.adminKey(t))
 	b.waitJS(10*time.Second, "signed in", `!document.querySelector("#app-view").hidden`)
+
+	// A login can be cancelled from the panel; Close then hides it and the
+	// Connect buttons work again.
+	b.do(10*time.Second, "connect dev", chromedp.Click(chromedp.CSS("#connect-dev")))
+	b.waitJS(10*time.Second, "the session panel", `!document.querySelector("#session-panel").hidden && document.querySelector("#session-state").dataset.state !== ""`)
+	if off, _ := evalIn[bool](b, `document.querySelector("#connect-dev").disabled`); !off {
+		t.Error("Connect dev is still enabled while a login runs")
+	}
+	b.do(10*time.Second, "cancel", chromedp.Click(chromedp.CSS("#session-cancel")))
+	b.waitJS(time.Minute, "the session cancelled", `document.querySelector("#session-state").dataset.state === "cancelled"`)
+	if got := b.text("#session-state"); got != "Cancelled" {
+		t.Errorf("cancelled session shows %q", got)
+	}
+	b.do(10*time.Second, "close the panel", chromedp.Click(chromedp.CSS("#session-close")))
+	b.waitJS(10*time.Second, "the panel closed and Connect enabled", `document.querySelector("#session-panel").hidden && !document.querySelector("#connect-dev").disabled`)
+
 	connectDevThroughLiveView(t, h, b)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

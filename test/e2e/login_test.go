@@ -154,6 +154,9 @@ func TestDevLoginThroughLiveView(t *testing.T) {
 		t.Helper()
 		var img *image.RGBA
 		err := eventually(within, func() bool {
+			// Poll gently: a busy guest is slower still when asked for
+			// its page title many times a second.
+			time.Sleep(700 * time.Millisecond)
 			var err error
 			if img, err = vc.Screenshot(ctx); err != nil {
 				t.Fatalf("screenshot through the live view: %v", err)

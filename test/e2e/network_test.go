@@ -89,9 +89,24 @@ func TestNetworkEgress(t *testing.T) {
 	if !reach(h, full.ID, lab.serverURL) {
 		t.Fatal("egress full: the VM cannot reach the test server")
 	}
-	// A service in the daemon's namespace (stands for its API).
+	// A real service in the daemon's namespace (stands for its API): the
+	// "internet" side reaches it, so only the slot rules keep the VM out.
+	stub := exec.Command("ip", "netns", "exec", lab.host, "python3", "-m", "http.server", "8080", "--bind", "10.99.0.1", "--directory", t.TempDir())
+	if err := stub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stub.Process.Kill(); _ = stub.Wait() })
+	var probe []byte
+	if err := eventually(20*time.Second, func() bool {
+		var err error
+		probe, err = exec.Command("ip", "netns", "exec", lab.inet, "python3", "-c",
+			"import urllib.request; urllib.request.urlopen('http://10.99.0.1:8080/', timeout=2)").CombinedOutput()
+		return err == nil
+	}); err != nil {
+		t.Fatalf("the stand-in API in the daemon's namespace does not answer from outside: %s", probe)
+	}
 	if reach(h, full.ID, "10.99.0.1/8080") {
-		t.Error("the VM reached the daemon's namespace")
+		t.Error("the VM reached a listening service in the daemon's namespace")
 	}
 
 	bob, err := h.admin.CreateUser(ctx, api.CreateUserRequest{Name: "bob"})

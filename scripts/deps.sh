@@ -2,12 +2,14 @@
 # deps.sh [test] — installs the Debian packages hangar needs, and only those
 # that are missing (apt-get update runs once, and only when something is
 # missing). "test" adds what the test suite needs on top (Postgres,
-# Chromium for the dashboard tests).
+# Chromium for the dashboard and live-view tests, a static busybox for the
+# agent's own test image, python3 for the stand-in servers of the network
+# tests).
 set -eu
 pkgs="qemu-system-x86 qemu-utils debootstrap linux-source-6.1 build-essential bc flex bison
 libelf-dev libssl-dev cpio xz-utils zstd e2fsprogs iproute2 nftables ca-certificates"
 if [ "${1:-}" = test ]; then
-	pkgs="$pkgs postgresql chromium chromium-driver"
+	pkgs="$pkgs postgresql chromium chromium-driver busybox-static python3"
 fi
 # npm fetches Node.js and the CLIs for the images from the npm registry.
 # A Node.js installed outside Debian (it bundles npm) conflicts with

@@ -42,6 +42,9 @@ func runHangar(args ...string) (string, error) {
 // the configured address, then removes them and leaves the live VM's
 // directory alone.
 func TestDoctorAndGCLeftovers(t *testing.T) {
+	// The data dir comes from the config file here, which the environment
+	// would override.
+	t.Setenv("HANGAR_DATA_DIR", "")
 	ctx := context.Background()
 	dataDir := t.TempDir()
 	st, err := store.Open(ctx, filepath.Join(dataDir, "hangar.db"), testutil.Logger(t))

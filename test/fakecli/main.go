@@ -13,6 +13,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -88,9 +89,11 @@ func writeJSON(path string, v any) error {
 	return os.Rename(tmp, path)
 }
 
-// callback serves one OAuth redirect on ln at path and returns its code,
-// refusing (and waiting on after) a wrong state.
-func callback(ln net.Listener, path, state string, codes chan<- string) {
+// callback serves OAuth redirects on ln at path and sends each good code,
+// refusing (and waiting on after) a wrong state. Like the real CLIs, the
+// browser gets its answer before the CLI moves on: call finish before
+// exiting so the answer is not cut off.
+func callback(ln net.Listener, path, state string, codes chan<- string) (finish func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -99,9 +102,18 @@ func callback(ln net.Listener, path, state string, codes chan<- string) {
 			return
 		}
 		fmt.Fprintln(w, "Authentication successful. You can close this window.")
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
 		codes <- q.Get("code")
 	})
-	_ = http.Serve(ln, mux)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(ln) }()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}
 }
 
 // codex: `codex login` listens on 127.0.0.1:1455, prints the URL on
@@ -124,8 +136,9 @@ func codex(args []string) error {
 	}
 	fmt.Fprintf(os.Stderr, "Starting local login server on http://127.0.0.1:1455.\nIf your browser did not open, navigate to this URL to authenticate:\n\nhttps://auth.openai.com/oauth/authorize?%s\n", q.Encode())
 	codes := make(chan string, 1)
-	go callback(ln, "/auth/callback", state, codes)
+	finish := callback(ln, "/auth/callback", state, codes)
 	code := <-codes
+	defer finish()
 	home, _ := os.UserHomeDir()
 	err = writeJSON(filepath.Join(home, ".codex", "auth.json"), map[string]any{
 		"auth_mode": "chatgpt", "OPENAI_API_KEY": nil,
@@ -162,7 +175,8 @@ func claude(args []string) error {
 	}
 	fmt.Printf("Opening browser to sign in…\nBrowser didn't open? Use the url below to sign in:\n\nhttps://claude.ai/oauth/authorize?%s\n\n", q.Encode())
 	codes := make(chan string, 2)
-	go callback(ln, "/callback", state, codes)
+	finish := callback(ln, "/callback", state, codes)
+	defer finish()
 	go func() {
 		in := bufio.NewReader(os.Stdin)
 		for {
@@ -228,7 +242,7 @@ func gemini() error {
 		}
 		q.Set("redirect_uri", fmt.Sprintf("http://127.0.0.1:%d/oauth2callback", ln.Addr().(*net.TCPAddr).Port))
 		fmt.Printf("\n\nCode Assist login required.\nAttempting to open authentication page in your browser.\nOtherwise navigate to:\n\nhttps://accounts.google.com/o/oauth2/v2/auth?%s\n\n\nWaiting for authentication...\n", q.Encode())
-		go callback(ln, "/oauth2callback", state, codes)
+		defer callback(ln, "/oauth2callback", state, codes)()
 	}
 	code := <-codes
 	home, _ := os.UserHomeDir()

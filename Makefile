@@ -21,9 +21,9 @@ export HANGAR_STAGE_LOG ?= $(CURDIR)/.stages.log
 ## run: install what is missing, build, build the guest images, start the daemon
 run: deps build images
 	@echo
-	@echo "Starting hangar on the embedded defaults (data dir $(DATA_DIR))."
-	@echo "The API answers at http://127.0.0.1:4000; the admin API key is in $(DATA_DIR)/admin.key."
-	@echo "Try, in another terminal:  bin/hangar me   |   bin/hangar doctor"
+	@echo "Starting hangar (data dir $(DATA_DIR)); it prints where it listens (default"
+	@echo "http://127.0.0.1:4000, the dashboard at /) and where the admin API key is."
+	@echo "Try, in another terminal:  bin/hangar me   |   bin/hangar doctor   |   bin/hangar vm create base"
 	@echo
 	exec bin/hangar serve --data-dir $(DATA_DIR)
 

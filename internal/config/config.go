@@ -53,6 +53,8 @@ type Config struct {
 	BootTimeout Duration `json:"boot_timeout"`
 	// LogRetention is how long the console logs of destroyed VMs are kept.
 	LogRetention Duration `json:"log_retention"`
+	// LoginHeartbeatTimeout ends a login session nobody watches.
+	LoginHeartbeatTimeout Duration `json:"login_heartbeat_timeout"`
 	// BuildImages makes the daemon build missing guest images in the
 	// background at start.
 	BuildImages bool `json:"build_images"`
@@ -118,21 +120,22 @@ type EgressPolicy struct {
 // Default returns the embedded defaults.
 func Default() Config {
 	return Config{
-		Listen:          "127.0.0.1:4000",
-		DataDir:         DefaultDataDir(),
-		LogLevel:        "info",
-		LogFormat:       "text",
-		RateLimit:       "1000/15m",
-		MaxBodyBytes:    1 << 20,
-		ShutdownTimeout: Duration(15 * time.Second),
-		TaskLease:       Duration(30 * time.Second),
-		Hypervisor:      "auto",
-		Accel:           "auto",
-		MaxVMsPerUser:   180,
-		MaxBrowserVMs:   2,
-		BootTimeout:     Duration(3 * time.Minute),
-		LogRetention:    Duration(7 * 24 * time.Hour),
-		BuildImages:     true,
+		Listen:                "127.0.0.1:4000",
+		DataDir:               DefaultDataDir(),
+		LogLevel:              "info",
+		LogFormat:             "text",
+		RateLimit:             "1000/15m",
+		MaxBodyBytes:          1 << 20,
+		ShutdownTimeout:       Duration(15 * time.Second),
+		TaskLease:             Duration(30 * time.Second),
+		Hypervisor:            "auto",
+		Accel:                 "auto",
+		MaxVMsPerUser:         180,
+		MaxBrowserVMs:         2,
+		BootTimeout:           Duration(3 * time.Minute),
+		LogRetention:          Duration(7 * 24 * time.Hour),
+		LoginHeartbeatTimeout: Duration(5 * time.Minute),
+		BuildImages:           true,
 
 		VMShutdownPolicy:  "leave",
 		ReconcileInterval: Duration(time.Minute),
@@ -231,6 +234,11 @@ var envVars = []struct {
 	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.BootTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_LOGIN_HEARTBEAT_TIMEOUT", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.LoginHeartbeatTimeout = Duration(d)
 		return err
 	}},
 	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
@@ -339,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBrowserVMs < 0 {
 		errs = append(errs, errors.New("max_browser_vms must not be negative"))
+	}
+	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
+		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
 	}
 	if c.LogRetention <= 0 {
 		errs = append(errs, errors.New("log_retention must be positive"))

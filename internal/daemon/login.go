@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"github.com/hangar-vm/hangar/internal/liveview"
 	"github.com/hangar-vm/hangar/internal/login"
@@ -32,7 +33,7 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 	d.api.MountPublic("/dev-oauth/", dev)
 
 	signer := liveview.NewSigner()
-	d.logins = login.NewManager(login.Config{DestroyTaskKind: vm.DestroyTaskKind}, d.store, d.bus, d.vms, d.runner, keys, signer, recipes, dev, log.With("component", "login"))
+	d.logins = login.NewManager(login.Config{DestroyTaskKind: vm.DestroyTaskKind, HeartbeatTimeout: time.Duration(d.cfg.LoginHeartbeatTimeout)}, d.store, d.bus, d.vms, d.runner, keys, signer, recipes, dev, log.With("component", "login"))
 	d.api.MountAuth(d.logins)
 
 	lv := liveview.Handler(liveview.Options{

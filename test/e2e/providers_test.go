@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/agentlink"
+	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
@@ -177,4 +178,48 @@ func (h *harness) adminAs(t *testing.T, name string) *client.Client {
 		t.Fatal(err)
 	}
 	return client.New(h.url, u.APIKey)
+}
+
+// TestLoginHeartbeat: a session nobody watches ends as timeout (its VM is
+// destroyed by the queue); one that gets heartbeats lives past that.
+func TestLoginHeartbeat(t *testing.T) {
+	requireVMs(t, "cli")
+	h := startDaemon(t, func(c *config.Config) { c.LoginHeartbeatTimeout = config.Duration(10 * time.Second) })
+	ctx := context.Background()
+	c := h.adminAs(t, "gina")
+
+	watched := startSession(t, c, "dev", "paste")
+	unwatched := startSession(t, c, "dev", "paste")
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(3 * time.Second):
+				_ = c.HeartbeatAuthSession(ctx, watched.ID)
+			}
+		}
+	}()
+	defer close(stop)
+
+	got := waitSession(t, c, unwatched.ID, 2*time.Minute, "timeout", func(s api.AuthSession) bool { return s.State == api.AuthTimeout })
+	if !strings.Contains(got.Error, "heartbeat") {
+		t.Fatalf("timeout error %q does not say why", got.Error)
+	}
+	time.Sleep(5 * time.Second)
+	if s, err := getSession(c, watched.ID); err != nil || s.State != api.AuthAwaitingUser {
+		t.Fatalf("the watched session is %s (%v), want awaiting_user", s.State, err)
+	}
+	if got.VMID != "" {
+		if err := eventually(time.Minute, func() bool {
+			v, err := h.d.Store().GetVM(ctx, got.VMID, "")
+			return err == nil && v.State == api.VMDestroyed
+		}); err != nil {
+			t.Fatalf("the timed-out session's VM %s was not destroyed", got.VMID)
+		}
+	}
+	if _, err := c.CancelAuthSession(ctx, watched.ID); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,7 +1,6 @@
 package agentlink_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/agent"
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
+	"github.com/hangar-vm/hangar/internal/testutil"
 )
 
 const testToken = "test-token-0123456789abcdef"
@@ -42,23 +42,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a goroutine-safe bytes.Buffer standing in for the console.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is testutil.Buffer, a builder safe for concurrent writers.
+type syncBuffer = testutil.Buffer
 
 type testAgent struct {
 	agent   *agent.Agent

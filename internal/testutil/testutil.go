@@ -146,3 +146,24 @@ func BuildBinary(t testing.TB, pkg string, env ...string) string {
 	binPaths[key] = out
 	return out
 }
+
+// Buffer is a strings.Builder safe for concurrent writers (a console, a
+// daemon's log) and readers.
+type Buffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+// Write appends p.
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns everything written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -534,7 +532,7 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 		// Once a second: each look at the title is a DevTools request the
 		// VM's (emulated, slow) Chromium has to answer while it loads.
 		if err := pollEvery(within, time.Second, func() bool {
-			if got = vmBrowserTitle(ctx, h, sess.VMID); !strings.Contains(got, title) {
+			if got = pageTitle(ctx, h, sess.VMID); !strings.Contains(got, title) {
 				return false
 			}
 			first := b.liveScreen()
@@ -566,7 +564,7 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 		b.do(10*time.Second, "approve", chromedp.KeyEvent(kb.Enter))
 		moved := pollEvery(20*time.Second, time.Second, func() bool {
 			st, _ := evalIn[string](b, `document.querySelector("#session-state").dataset.state`)
-			return st != "awaiting_user" || !strings.Contains(vmBrowserTitle(ctx, h, sess.VMID), "Allow access")
+			return st != "awaiting_user" || !strings.Contains(pageTitle(ctx, h, sess.VMID), "Allow access")
 		}) == nil
 		if moved {
 			break
@@ -581,7 +579,7 @@ func connectDevThroughLiveView(t *testing.T, h *harness, b *browserTab) {
 	ended := `["completed","failed","timeout","cancelled"].includes(document.querySelector("#session-state").dataset.state)`
 	if err := b.pollJS(2*time.Minute, ended); err != nil {
 		saveLiveViewShot(t, b)
-		t.Fatalf("the session did not end after consent (the VM's browser shows %q)\n%s", vmBrowserTitle(ctx, h, sess.VMID), b.diagnose())
+		t.Fatalf("the session did not end after consent (the VM's browser shows %q)\n%s", pageTitle(ctx, h, sess.VMID), b.diagnose())
 	}
 	if st := b.text("#session-state"); st != "Connected" {
 		t.Fatalf("session ended %q (%s)\n%s", st, b.text("#session-error"), b.diagnose())
@@ -646,35 +644,6 @@ func screenDiff(a, b []int) float64 {
 		}
 	}
 	return float64(d) / float64(len(a))
-}
-
-// vmBrowserTitle asks the VM's Chromium (DevTools on guest port 9222,
-// reached over the agent link) for the title of its page; "" when it
-// cannot tell.
-func vmBrowserTitle(ctx context.Context, h *harness, vmID string) string {
-	admin, err := h.d.Store().GetUserByName(ctx, "admin")
-	if err != nil {
-		return ""
-	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return h.d.VMs().DialPort(ctx, admin, vmID, 9222)
-	}}}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://127.0.0.1:9222/json/list")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	var tabs []struct{ Type, Title string }
-	if err := json.NewDecoder(resp.Body).Decode(&tabs); err != nil {
-		return ""
-	}
-	for _, tb := range tabs {
-		if tb.Type == "page" {
-			return tb.Title
-		}
-	}
-	return ""
 }
 
 // saveLiveViewShot writes a screenshot of the page, live view included, to

@@ -35,7 +35,7 @@ test:
 test-stages: test-deps build images vet
 	@export HANGAR_TEST_POSTGRES=$$(./scripts/test-postgres.sh | tail -n1) && \
 	  echo "Postgres for tests: $$HANGAR_TEST_POSTGRES" && \
-	  export CI=$${CI:-false} && \
+	  export CI=$${CI:-false} HANGAR_DATA_DIR=$(DATA_DIR) && \
 	  $(STAGE) "go test" $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./... 2>&1 | ./scripts/test-report.sh && \
 	  $(STAGE) "go test -race" $(GO) test -count=1 -race -timeout $(TEST_TIMEOUT) $(RACE_PKGS)
 

@@ -182,4 +182,3 @@ func authLogoutCmd(o *rootOptions) *cobra.Command {
 		},
 	}
 }
-

@@ -77,7 +77,7 @@ type Manager struct {
 	prepareVM func(ctx context.Context, link *agentlink.Client) error
 	// onEnd is told when a session ends (the live view closes its viewers).
 	onEnd func(sessionID string)
-	wg        sync.WaitGroup
+	wg    sync.WaitGroup
 }
 
 // run is a live session's driver.

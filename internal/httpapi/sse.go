@@ -37,10 +37,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 		}
 		after = n
 	}
-	filter := store.EventFilter{UserID: u.ID, AfterID: after, Limit: 500}
-	if u.Role == store.RoleAdmin {
-		filter.UserID = ""
-	}
+	filter := store.EventFilter{UserID: u.Scope(), AfterID: after, Limit: 500}
 	// Subscribe before the first read so nothing appended in between is
 	// missed.
 	wake, unsubscribe := s.opts.Events.Subscribe()

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -114,7 +115,7 @@ func (s *Server) MountVMs(vms VMService) {
 			}
 			if err := vms.PutFile(r.Context(), userFrom(r.Context()), r.PathValue("id"), path, uint32(mode), r.Body); err != nil {
 				var tooBig *http.MaxBytesError
-				if asMaxBytes(err, &tooBig) {
+				if errors.As(err, &tooBig) {
 					return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "file is larger than %d bytes", int64(MaxFileBytes))
 				}
 				return err
@@ -171,21 +172,6 @@ func (s *Server) MountVMs(vms VMService) {
 		}
 		s.handle(rt)
 	}
-}
-
-func asMaxBytes(err error, target **http.MaxBytesError) bool {
-	for err != nil {
-		if e, ok := err.(*http.MaxBytesError); ok {
-			*target = e
-			return true
-		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
-	}
-	return false
 }
 
 // flushWriter flushes after every write so streamed output arrives live.

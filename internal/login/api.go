@@ -45,7 +45,7 @@ func (m *Manager) toAPI(s store.AuthSession) api.AuthSession {
 }
 
 func (m *Manager) get(ctx context.Context, caller store.User, id string) (store.AuthSession, error) {
-	s, err := m.store.GetAuthSession(ctx, id, owner(caller))
+	s, err := m.store.GetAuthSession(ctx, id, caller.Scope())
 	if errors.Is(err, store.ErrNotFound) {
 		return s, errs.E(errs.NotFound, "login session %s not found", id)
 	}
@@ -63,7 +63,7 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.Au
 
 // List returns the caller's sessions (admin: all).
 func (m *Manager) List(ctx context.Context, caller store.User) ([]api.AuthSession, error) {
-	ss, err := m.store.ListAuthSessions(ctx, owner(caller))
+	ss, err := m.store.ListAuthSessions(ctx, caller.Scope())
 	if err != nil {
 		return nil, err
 	}

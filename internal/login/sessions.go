@@ -123,13 +123,6 @@ var (
 	errTooLong   = errors.New("the login took too long")
 )
 
-func owner(caller store.User) string {
-	if caller.Role == store.RoleAdmin {
-		return ""
-	}
-	return caller.ID
-}
-
 // Create starts a login session.
 func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateAuthSessionRequest) (api.AuthSession, error) {
 	r := m.recipes[req.Provider]

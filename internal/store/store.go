@@ -36,6 +36,15 @@ type User struct {
 	CreatedAt time.Time
 }
 
+// Scope is the owner id that bounds what u may see: "" (everyone's) for
+// an admin, u's own id otherwise. Every owner-scoped lookup takes it.
+func (u User) Scope() string {
+	if u.Role == RoleAdmin {
+		return ""
+	}
+	return u.ID
+}
+
 // APIKey is a bearer key. Only the SHA-256 hash of the key is stored; the
 // key itself is shown once, when it is created.
 type APIKey struct {

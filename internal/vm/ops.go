@@ -22,16 +22,8 @@ import (
 
 var _ httpapi.VMService = (*Manager)(nil)
 
-// owner scopes lookups: admins see every VM, users their own.
-func owner(caller store.User) string {
-	if caller.Role == store.RoleAdmin {
-		return ""
-	}
-	return caller.ID
-}
-
 func (m *Manager) get(ctx context.Context, caller store.User, id string) (store.VM, error) {
-	v, err := m.store.GetVM(ctx, id, owner(caller))
+	v, err := m.store.GetVM(ctx, id, caller.Scope())
 	if errors.Is(err, store.ErrNotFound) {
 		return store.VM{}, errs.E(errs.NotFound, "vm %s not found", id)
 	}
@@ -73,7 +65,7 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.VM
 
 // List returns the caller's VMs (admin: all), destroyed ones excluded.
 func (m *Manager) List(ctx context.Context, caller store.User) ([]api.VM, error) {
-	vs, err := m.store.ListVMs(ctx, owner(caller))
+	vs, err := m.store.ListVMs(ctx, caller.Scope())
 	if err != nil {
 		return nil, err
 	}

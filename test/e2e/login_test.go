@@ -72,17 +72,6 @@ func pageTitle(ctx context.Context, h *harness, vmID string) string {
 	return ""
 }
 
-func waitTitle(t *testing.T, h *harness, vmID, want string, within time.Duration) {
-	t.Helper()
-	var got string
-	if err := eventually(within, func() bool {
-		got = pageTitle(context.Background(), h, vmID)
-		return strings.Contains(got, want)
-	}); err != nil {
-		t.Fatalf("the VM's browser shows %q, want a title with %q", got, want)
-	}
-}
-
 // TestDevLoginThroughLiveView is the whole browser login: a browser VM
 // boots, the dev CLI's URL opens in its Chromium, the test drives that
 // browser only through the live-view websocket (VNC key events) to sign in

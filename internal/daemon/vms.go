@@ -11,6 +11,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/image"
+	"github.com/hangar-vm/hangar/internal/vm"
 	"github.com/hangar-vm/hangar/internal/vmm"
 	"github.com/hangar-vm/hangar/internal/vmm/firecracker"
 	"github.com/hangar-vm/hangar/internal/vmm/qemu"
@@ -49,25 +50,17 @@ func (s *imageSource) ensure(ctx context.Context, flavor string) (image.Image, e
 	return img, nil
 }
 
-// Kernel implements vm.Images.
-func (s *imageSource) Kernel(ctx context.Context) (string, string, error) {
-	img, err := s.ensure(ctx, "base")
-	if err != nil {
-		return "", "", err
-	}
-	if s.vmlinux {
-		return img.Kernel.Vmlinux, img.Kernel.Version, nil
-	}
-	return img.Kernel.BzImage, img.Kernel.Version, nil
-}
-
-// Rootfs implements vm.Images.
-func (s *imageSource) Rootfs(ctx context.Context, kind string) (string, string, error) {
+// Boot implements vm.Images: the image of kind and the kernel it carries.
+func (s *imageSource) Boot(ctx context.Context, kind string) (vm.BootImage, error) {
 	img, err := s.ensure(ctx, kind)
 	if err != nil {
-		return "", "", err
+		return vm.BootImage{}, err
 	}
-	return img.ID, img.Rootfs, nil
+	kernel := img.Kernel.BzImage
+	if s.vmlinux {
+		kernel = img.Kernel.Vmlinux
+	}
+	return vm.BootImage{ID: img.ID, Rootfs: img.Rootfs, Kernel: kernel, KernelRelease: img.Kernel.Version}, nil
 }
 
 // newImageCache builds the agent from the source tree when the daemon runs

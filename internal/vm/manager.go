@@ -33,12 +33,17 @@ import (
 // Images gives the manager the artifacts a VM boots from. The daemon adapts
 // the image cache to it; a lookup may build (and so wait).
 type Images interface {
-	// Kernel returns the path of the kernel the driver boots and its
-	// release string.
-	Kernel(ctx context.Context) (path, release string, err error)
-	// Rootfs returns the id and path of the read-only root filesystem of a
-	// VM kind.
-	Rootfs(ctx context.Context, kind string) (id, path string, err error)
+	// Boot returns what a VM of kind boots from: its image and the kernel
+	// that image was built for.
+	Boot(ctx context.Context, kind string) (BootImage, error)
+}
+
+// BootImage is one VM kind's artifacts.
+type BootImage struct {
+	ID            string // image id
+	Rootfs        string // read-only root filesystem
+	Kernel        string // the kernel the driver boots (bzImage or vmlinux)
+	KernelRelease string
 }
 
 // Config are the manager's limits and places.
@@ -320,11 +325,7 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 	_ = json.Unmarshal(v.Spec, &sp)
 	log := m.log.With("vm_id", id, "kind", v.Kind)
 
-	kernel, release, err := m.images.Kernel(ctx)
-	if err != nil {
-		return fmt.Errorf("guest kernel: %w", err)
-	}
-	imageID, rootfs, err := m.images.Rootfs(ctx, v.Kind)
+	bi, err := m.images.Boot(ctx, v.Kind)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", v.Kind, err)
 	}
@@ -355,8 +356,8 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 		params.Link = proto.LinkVsock
 	}
 	spec := vmm.Spec{
-		ID: strings.ReplaceAll(id, "_", "-"), RunDir: runDir, KernelPath: kernel, Init: vmm.DefaultInit,
-		KernelArgs: proto.KernelArgs(params), BaseDisk: rootfs, UpperDisk: upperDisk,
+		ID: strings.ReplaceAll(id, "_", "-"), RunDir: runDir, KernelPath: bi.Kernel, Init: vmm.DefaultInit,
+		KernelArgs: proto.KernelArgs(params), BaseDisk: bi.Rootfs, UpperDisk: upperDisk,
 		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, ConsoleLog: m.ConsolePath(id),
 	}
 	slotID := ""
@@ -369,12 +370,12 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 	}
 	if _, err := m.update(ctx, id, func(v *store.VM, rt *runtimeDoc) {
 		v.State, v.LastError = api.VMBooting, ""
-		rt.ImageID, rt.KernelRelease, rt.Token, rt.Phases, rt.VMM = imageID, release, token, nil, nil
+		rt.ImageID, rt.KernelRelease, rt.Token, rt.Phases, rt.VMM = bi.ID, bi.KernelRelease, token, nil, nil
 		rt.SlotID = slotID
 	}); err != nil {
 		return err
 	}
-	log.Info("vm booting", "image_id", imageID, "kernel", release, "accel", m.accel)
+	log.Info("vm booting", "image_id", bi.ID, "kernel", bi.KernelRelease, "accel", m.accel)
 
 	t0 := time.Now()
 	h, err := m.driver.Start(ctx, spec)

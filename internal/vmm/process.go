@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -386,3 +388,33 @@ func tailFile(path string, max int64) string {
 
 // TailFile is tailFile for drivers.
 func TailFile(path string, max int64) string { return tailFile(path, max) }
+
+// Stop ends the hypervisor process the way both drivers do: ask it to shut
+// down (ask gets 2 s: a QMP quit, a Firecracker SendCtrlAltDel), give it
+// grace to exit, then SIGKILL and wait for the exit. what names the
+// process in messages ("qemu", "firecracker").
+func (p *Process) Stop(ctx context.Context, what string, grace time.Duration, ask func(context.Context) error, log *slog.Logger) error {
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := ask(actx)
+	cancel()
+	if err != nil {
+		log.Warn(what+": shutdown request failed, killing it", "pid", p.pid, "error", err)
+	} else {
+		gctx, cancel := context.WithTimeout(ctx, grace)
+		_ = p.Wait(gctx)
+		cancel()
+		if p.Exited() {
+			return nil
+		}
+		log.Warn(what+" did not exit after the shutdown request, killing it", "pid", p.pid, "grace", grace)
+	}
+	if err := p.Kill(); err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("%s pid %d survived SIGKILL", what, p.pid)
+	}
+}

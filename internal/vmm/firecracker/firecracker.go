@@ -436,29 +436,11 @@ func (h *handle) Stop(ctx context.Context) error {
 	h.mu.Lock()
 	h.stopping = true
 	h.mu.Unlock()
-	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err := h.api.Action(actx, ActionSendCtrlAltDel)
-	cancel()
-	if err != nil {
-		h.d.log.Warn("firecracker SendCtrlAltDel failed, killing it", "vm_id", h.spec.ID, "error", err)
-	} else {
-		grace, cancel := context.WithTimeout(ctx, h.d.cfg.StopGrace)
-		_ = h.proc.Wait(grace)
-		cancel()
-		if h.proc.Exited() {
-			return nil
-		}
-		h.d.log.Warn("firecracker did not exit after SendCtrlAltDel, killing it", "vm_id", h.spec.ID)
-	}
-	if err := h.proc.Kill(); err != nil {
+	ctrlAltDel := func(ctx context.Context) error { return h.api.Action(ctx, ActionSendCtrlAltDel) }
+	if err := h.proc.Stop(ctx, "firecracker", h.d.cfg.StopGrace, ctrlAltDel, h.d.log.With("vm_id", h.spec.ID)); err != nil {
 		return fmt.Errorf("stop vm %s: %w", h.spec.ID, err)
 	}
-	select {
-	case <-h.proc.Done():
-		return nil
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("stop vm %s: firecracker pid %d survived SIGKILL", h.spec.ID, h.proc.PID())
-	}
+	return nil
 }
 
 func (h *handle) Kill() error {

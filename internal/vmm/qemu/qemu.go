@@ -486,29 +486,17 @@ func (h *handle) Stop(ctx context.Context) error {
 	h.mu.Lock()
 	h.stopping = true
 	h.mu.Unlock()
-	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err := h.qmp.Execute(qctx, "quit", nil, nil)
-	cancel()
-	if err != nil && !errors.Is(err, ErrQMPClosed) {
-		h.d.log.Warn("qmp quit failed, killing qemu", "vm_id", h.id, "error", err)
-	} else {
-		grace, cancel := context.WithTimeout(ctx, h.d.stopGrace)
-		err = h.proc.Wait(grace)
-		cancel()
-		if h.proc.Exited() {
-			return nil
+	quit := func(ctx context.Context) error {
+		// A QMP connection closed by the exiting QEMU is a quit that worked.
+		if err := h.qmp.Execute(ctx, "quit", nil, nil); err != nil && !errors.Is(err, ErrQMPClosed) {
+			return err
 		}
-		h.d.log.Warn("qemu did not exit after quit, killing it", "vm_id", h.id, "grace", h.d.stopGrace)
+		return nil
 	}
-	if err := h.proc.Kill(); err != nil {
+	if err := h.proc.Stop(ctx, "qemu", h.d.stopGrace, quit, h.d.log.With("vm_id", h.id)); err != nil {
 		return fmt.Errorf("stop vm %s: %w", h.id, err)
 	}
-	select {
-	case <-h.proc.Done():
-		return nil
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("stop vm %s: qemu pid %d survived SIGKILL", h.id, h.proc.PID())
-	}
+	return nil
 }
 
 func (h *handle) Kill() error {

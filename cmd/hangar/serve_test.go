@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,67 +30,16 @@ func hangarBin(t *testing.T) string {
 }
 
 // proc is a running `hangar serve`.
-type proc struct {
-	cmd  *exec.Cmd
-	url  string
-	mu   sync.Mutex // guards logs
-	logs bytes.Buffer
-	done chan struct{}
-}
-
-func (p *proc) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
-
-var servingRE = regexp.MustCompile(`msg="hangar is serving" url=(http://\S+)`)
+type proc = testutil.DaemonProcess
 
 // startServe starts the daemon and waits for it to say where it listens.
 func startServe(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(hangarBin(t), append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	argv := append([]string{hangarBin(t), "serve", "--listen", "127.0.0.1:0"}, args...)
 	// These tests are about the daemon, not images: a temp data dir would
 	// otherwise start a full guest image build. Nor about VM networking,
 	// which by default would create slots in this machine's namespace.
-	cmd.Env = append(append(os.Environ(), "HANGAR_BUILD_IMAGES=false", "HANGAR_NETWORK=false"), env...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	urlc := make(chan string, 1)
-	tw := testutil.NewWriter(t)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.logs.WriteString(line + "\n")
-			p.mu.Unlock()
-			fmt.Fprintln(tw, "daemon:", line)
-			if m := servingRE.FindStringSubmatch(line); m != nil {
-				urlc <- m[1]
-			}
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-	})
-	select {
-	case p.url = <-urlc:
-	case <-p.done:
-		t.Fatalf("hangar serve exited before serving:\n%s", p.Logs())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("hangar serve did not start within 60s:\n%s", p.Logs())
-	}
-	return p
+	return testutil.StartDaemonProcess(t, argv, append([]string{"HANGAR_BUILD_IMAGES=false", "HANGAR_NETWORK=false"}, env...), 60*time.Second)
 }
 
 func get(t *testing.T, url, key string) (int, http.Header, []byte) {
@@ -127,7 +73,7 @@ func TestServeOnDefaults(t *testing.T) {
 	dataDir := t.TempDir()
 	p := startServe(t, nil, "--data-dir", dataDir)
 
-	st, _, body := get(t, p.url+"/health", "")
+	st, _, body := get(t, p.URL+"/health", "")
 	var h api.Health
 	if st != 200 || json.Unmarshal(body, &h) != nil || h.Status != "ok" || h.Store != "sqlite" {
 		t.Fatalf("health: %d %s", st, body)
@@ -148,23 +94,23 @@ func TestServeOnDefaults(t *testing.T) {
 	if strings.Contains(p.Logs(), key) {
 		t.Fatal("the admin key itself appears in the daemon's log")
 	}
-	if st, _, _ := get(t, p.url+"/api/v1/me", ""); st != 401 {
+	if st, _, _ := get(t, p.URL+"/api/v1/me", ""); st != 401 {
 		t.Fatalf("me without key: %d, want 401", st)
 	}
-	if st, _, body := get(t, p.url+"/api/v1/me", key); st != 200 || !strings.Contains(string(body), `"admin"`) {
+	if st, _, body := get(t, p.URL+"/api/v1/me", key); st != 200 || !strings.Contains(string(body), `"admin"`) {
 		t.Fatalf("me with admin key: %d %s", st, body)
 	}
 
 	// The CLI picks up the admin key from the data dir.
-	if out := runCLI(t, dataDir, p.url, "me"); !strings.Contains(out, "admin") || !strings.Contains(out, "ROLE") {
+	if out := runCLI(t, dataDir, p.URL, "me"); !strings.Contains(out, "admin") || !strings.Contains(out, "ROLE") {
 		t.Fatalf("hangar me:\n%s", out)
 	}
-	out := runCLI(t, dataDir, p.url, "user", "create", "carol")
+	out := runCLI(t, dataDir, p.URL, "user", "create", "carol")
 	if !strings.Contains(out, "hgr_") {
 		t.Fatalf("user create did not print the key:\n%s", out)
 	}
 	var users []api.User
-	if err := json.Unmarshal([]byte(runCLI(t, dataDir, p.url, "user", "ls", "--json")), &users); err != nil || len(users) != 2 {
+	if err := json.Unmarshal([]byte(runCLI(t, dataDir, p.URL, "user", "ls", "--json")), &users); err != nil || len(users) != 2 {
 		t.Fatalf("user ls --json: %v %+v", err, users)
 	}
 	var carol api.User
@@ -173,7 +119,7 @@ func TestServeOnDefaults(t *testing.T) {
 			carol = u
 		}
 	}
-	if out := runCLI(t, dataDir, p.url, "user", "rm", carol.ID); !strings.Contains(out, "deleted "+carol.ID) {
+	if out := runCLI(t, dataDir, p.URL, "user", "rm", carol.ID); !strings.Contains(out, "deleted "+carol.ID) {
 		t.Fatalf("user rm:\n%s", out)
 	}
 	// Request ids tie log lines to requests.
@@ -182,10 +128,10 @@ func TestServeOnDefaults(t *testing.T) {
 	}
 
 	// A restart keeps the same admin and does not write a new key.
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	<-p.done
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
+	<-p.Done
 	p2 := startServe(t, nil, "--data-dir", dataDir)
-	if st, _, _ := get(t, p2.url+"/api/v1/me", key); st != 200 {
+	if st, _, _ := get(t, p2.URL+"/api/v1/me", key); st != 200 {
 		t.Fatalf("admin key after restart: %d", st)
 	}
 }
@@ -215,11 +161,11 @@ func TestServeRateLimitFlag(t *testing.T) {
 	keyBytes, _ := os.ReadFile(filepath.Join(dataDir, daemon.AdminKeyFile))
 	key := strings.TrimSpace(string(keyBytes))
 	for i := 1; i <= 5; i++ {
-		if st, _, _ := get(t, p.url+"/api/v1/me", key); st != 200 {
+		if st, _, _ := get(t, p.URL+"/api/v1/me", key); st != 200 {
 			t.Fatalf("request %d: %d", i, st)
 		}
 	}
-	st, hdr, body := get(t, p.url+"/api/v1/me", key)
+	st, hdr, body := get(t, p.URL+"/api/v1/me", key)
 	if st != 429 || hdr.Get("Retry-After") == "" {
 		t.Fatalf("6th request: %d Retry-After=%q %s", st, hdr.Get("Retry-After"), body)
 	}
@@ -231,7 +177,7 @@ func TestGracefulShutdown(t *testing.T) {
 	dataDir := t.TempDir()
 	p := startServe(t, nil, "--data-dir", dataDir)
 	keyBytes, _ := os.ReadFile(filepath.Join(dataDir, daemon.AdminKeyFile))
-	req, _ := http.NewRequest("GET", p.url+"/api/v1/events", nil)
+	req, _ := http.NewRequest("GET", p.URL+"/api/v1/events", nil)
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(keyBytes)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -239,13 +185,13 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	start := time.Now()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-p.Done:
 	case <-time.After(20 * time.Second):
 		t.Fatalf("daemon still running 20s after SIGTERM:\n%s", p.Logs())
 	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := p.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM:\n%s", code, p.Logs())
 	}
 	if _, err := io.ReadAll(resp.Body); err != nil {
@@ -301,8 +247,8 @@ func TestTaskRerunsAfterSIGKILL(t *testing.T) {
 			p1 := startServe(t, env, args...)
 			waitFor("first run", func() bool { return strings.Contains(readRuns(), "start") }, 30*time.Second)
 			killedAt := time.Now()
-			_ = p1.cmd.Process.Signal(syscall.SIGKILL)
-			<-p1.done
+			_ = p1.Cmd.Process.Signal(syscall.SIGKILL)
+			<-p1.Done
 
 			p2 := startServe(t, env, args...)
 			waitFor("second run done", func() bool { return strings.Contains(readRuns(), "done") }, 30*time.Second)

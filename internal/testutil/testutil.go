@@ -3,17 +3,21 @@
 package testutil
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,4 +170,82 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// DaemonProcess is `hangar serve` running as a process of its own, so that
+// tests can signal it, kill it and start it again like an operator would.
+type DaemonProcess struct {
+	Cmd *exec.Cmd
+	// URL is where it serves, read from its "hangar is serving" log line.
+	URL string
+	// Done is closed when the process has exited.
+	Done chan struct{}
+	logs Buffer
+}
+
+// Logs is everything the daemon logged so far.
+func (p *DaemonProcess) Logs() string { return p.logs.String() }
+
+// Stop sends sig and waits up to within for the process to exit.
+func (p *DaemonProcess) Stop(t testing.TB, sig syscall.Signal, within time.Duration) {
+	t.Helper()
+	if err := p.Cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done:
+	case <-time.After(within):
+		t.Fatalf("hangar serve did not exit within %s of %v", within, sig)
+	}
+}
+
+var servingRE = regexp.MustCompile(`msg="hangar is serving" url=(http://\S+)`)
+
+// StartDaemonProcess runs argv (a hangar serve command line, possibly
+// behind a wrapper such as nsenter) with env added to the environment,
+// copies its log into the test's, and waits up to within until it serves.
+// The process is killed when the test ends.
+func StartDaemonProcess(t testing.TB, argv, env []string, within time.Duration) *DaemonProcess {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &DaemonProcess{Cmd: cmd, Done: make(chan struct{})}
+	urlc := make(chan string, 1)
+	tw := NewWriter(t)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.logs.Write([]byte(line + "\n"))
+			fmt.Fprintln(tw, "daemon:", line)
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				select {
+				case urlc <- m[1]:
+				default:
+				}
+			}
+		}
+		_ = cmd.Wait()
+		close(p.Done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.Done
+	})
+	select {
+	case p.URL = <-urlc:
+	case <-p.Done:
+		t.Fatalf("hangar serve exited before serving:\n%s", p.Logs())
+	case <-time.After(within):
+		t.Fatalf("hangar serve did not start within %s:\n%s", within, p.Logs())
+	}
+	return p
 }

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,13 +29,7 @@ func buildHangar(t *testing.T) string {
 }
 
 // serveProc is one `hangar serve` process on a data dir.
-type serveProc struct {
-	cmd  *exec.Cmd
-	url  string
-	done chan struct{}
-}
-
-var servingURL = regexp.MustCompile(`msg="hangar is serving" url=(http://\S+)`)
+type serveProc = testutil.DaemonProcess
 
 // startServeProc starts the daemon on dataDir with extra HANGAR_* env and
 // waits until it serves.
@@ -58,67 +50,17 @@ func startServeProcIn(t *testing.T, ns, dataDir string, env ...string) *servePro
 	if ns != "" {
 		argv = append([]string{"nsenter", "--net=/run/netns/" + ns, "--"}, argv...)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
 	base := []string{"HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug"}
 	if ns == "" {
 		// Networking defaults to on, in the daemon's namespace, which is
 		// the machine's here: only a daemon in a test namespace gets it.
 		base = append(base, "HANGAR_NETWORK=false")
 	}
-	cmd.Env = append(append(os.Environ(), base...), env...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &serveProc{cmd: cmd, done: make(chan struct{})}
-	urlc := make(chan string, 1)
-	tw := testutil.NewWriter(t)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(tw, "daemon:", line)
-			if m := servingURL.FindStringSubmatch(line); m != nil {
-				select {
-				case urlc <- m[1]:
-				default:
-				}
-			}
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.done
-	})
-	select {
-	case p.url = <-urlc:
-		if ns != "" {
-			p.url = "http://" + relayInto(t, ns, strings.TrimPrefix(p.url, "http://"))
-		}
-	case <-p.done:
-		t.Fatal("hangar serve exited before serving")
-	case <-time.After(90 * time.Second):
-		t.Fatal("hangar serve did not start within 90s")
+	p := testutil.StartDaemonProcess(t, argv, append(base, env...), 90*time.Second)
+	if ns != "" {
+		p.URL = "http://" + relayInto(t, ns, strings.TrimPrefix(p.URL, "http://"))
 	}
 	return p
-}
-
-func (p *serveProc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("hangar serve did not exit within 60s of %v", sig)
-	}
 }
 
 func newCrashDataDir(t *testing.T) string {
@@ -208,7 +150,7 @@ func TestKillDuringCreate(t *testing.T) {
 	ipCmd(t, "-n", hostNS, "link", "set", "lo", "up")
 	env := []string{"HANGAR_RECONCILE_INTERVAL=5s", "HANGAR_NETWORK=true", "HANGAR_NETWORK_PREFIX=e2ek"}
 	p := startServeProcIn(t, hostNS, dataDir, env...)
-	c := adminClient(t, dataDir, p.url)
+	c := adminClient(t, dataDir, p.URL)
 	ctx := context.Background()
 
 	var ids []string
@@ -227,12 +169,12 @@ func TestKillDuringCreate(t *testing.T) {
 		t.Fatal("no hypervisor spawned within 30s")
 	}
 	procs, _ := vm.ScanHypervisors(dataDir)
-	p.signal(t, syscall.SIGKILL)
+	p.Stop(t, syscall.SIGKILL, 60*time.Second)
 	t.Logf("killed the daemon with %d hypervisor processes running", len(procs))
 
 	restart := time.Now()
 	p = startServeProcIn(t, hostNS, dataDir, env...)
-	c = adminClient(t, dataDir, p.url)
+	c = adminClient(t, dataDir, p.URL)
 	var vms []api.VM
 	err := eventually(60*time.Second, func() bool {
 		vms = vms[:0]
@@ -279,7 +221,7 @@ func TestKillDuringCreate(t *testing.T) {
 			t.Errorf("delete %s: %v", id, err)
 		}
 	}
-	p.signal(t, syscall.SIGTERM)
+	p.Stop(t, syscall.SIGTERM, 60*time.Second)
 	checkSlots(t, hostNS, "e2ek", dataDir, nil, 0)
 	if tables := nftTables(t, hostNS); len(tables) != 0 {
 		t.Errorf("nftables tables left in the daemon's namespace after every vm is gone and the daemon stopped: %v", tables)
@@ -318,7 +260,7 @@ func TestSIGTERMReattach(t *testing.T) {
 	dataDir := newCrashDataDir(t)
 	cleanupVMs(t, dataDir)
 	p := startServeProc(t, dataDir)
-	c := adminClient(t, dataDir, p.url)
+	c := adminClient(t, dataDir, p.URL)
 	ctx := context.Background()
 
 	var ids []string
@@ -344,13 +286,13 @@ func TestSIGTERMReattach(t *testing.T) {
 	for _, pr := range procs {
 		pids[pr.VMID] = pr.PID
 	}
-	p.signal(t, syscall.SIGTERM)
+	p.Stop(t, syscall.SIGTERM, 60*time.Second)
 	if procs, _ := vm.ScanHypervisors(dataDir); len(procs) != len(ids) {
 		t.Fatalf("after SIGTERM %d hypervisors run, want %d (policy leave)", len(procs), len(ids))
 	}
 
 	p = startServeProc(t, dataDir)
-	c = adminClient(t, dataDir, p.url)
+	c = adminClient(t, dataDir, p.URL)
 	for _, id := range ids {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		v, err := c.WaitVM(wctx, id, api.VMReady)
@@ -389,7 +331,7 @@ func TestDestroyTaskSurvivesKill(t *testing.T) {
 	cleanupVMs(t, dataDir)
 	env := []string{"HANGAR_TASK_LEASE=3s"}
 	p := startServeProc(t, dataDir, env...)
-	c := adminClient(t, dataDir, p.url)
+	c := adminClient(t, dataDir, p.URL)
 	ctx := context.Background()
 	v, err := c.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindBase})
 	if err != nil {
@@ -430,12 +372,12 @@ func TestDestroyTaskSurvivesKill(t *testing.T) {
 	if err != nil {
 		t.Fatal("the daemon did not claim the vm.destroy task within 20s")
 	}
-	p.signal(t, syscall.SIGKILL)
+	p.Stop(t, syscall.SIGKILL, 60*time.Second)
 	t.Log("killed the daemon while it ran the vm.destroy task")
 	_ = syscall.Kill(qemu, syscall.SIGCONT)
 
 	p = startServeProc(t, dataDir, env...)
-	c = adminClient(t, dataDir, p.url)
+	c = adminClient(t, dataDir, p.URL)
 	err = eventually(90*time.Second, func() bool {
 		got, err := c.GetVM(ctx, v.ID)
 		return isStatus(err, 404) || err == nil && got.State == api.VMDestroyed

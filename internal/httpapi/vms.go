@@ -2,8 +2,8 @@ package httpapi
 
 import (
 	"context"
-	"errors"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -101,28 +101,6 @@ func (s *Server) MountVMs(vms VMService) {
 		{"POST /api/v1/vms/{id}/exec", authed, func(w http.ResponseWriter, r *http.Request) error {
 			return s.handleExec(w, r, vms)
 		}},
-		{"PUT /api/v1/vms/{id}/files", authed, func(w http.ResponseWriter, r *http.Request) error {
-			path := r.URL.Query().Get("path")
-			if path == "" {
-				return badRequest("query parameter path is required")
-			}
-			mode := uint64(0o644)
-			if m := r.URL.Query().Get("mode"); m != "" {
-				var err error
-				if mode, err = strconv.ParseUint(m, 8, 32); err != nil || mode > 0o7777 {
-					return badRequest("mode %q must be octal such as 0644", m)
-				}
-			}
-			if err := vms.PutFile(r.Context(), userFrom(r.Context()), r.PathValue("id"), path, uint32(mode), r.Body); err != nil {
-				var tooBig *http.MaxBytesError
-				if errors.As(err, &tooBig) {
-					return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "file is larger than %d bytes", int64(MaxFileBytes))
-				}
-				return err
-			}
-			w.WriteHeader(http.StatusNoContent)
-			return nil
-		}},
 		{"GET /api/v1/vms/{id}/files", authed, func(w http.ResponseWriter, r *http.Request) error {
 			path := r.URL.Query().Get("path")
 			if path == "" {
@@ -166,12 +144,31 @@ func (s *Server) MountVMs(vms VMService) {
 			return vms.Logs(ctx, userFrom(r.Context()), r.PathValue("id"), q.Get("service"), follow, fw)
 		}},
 	} {
-		if rt.pattern == "PUT /api/v1/vms/{id}/files" {
-			s.handleLimit(rt, MaxFileBytes)
-			continue
-		}
 		s.handle(rt)
 	}
+	// Uploads carry file contents: their own body limit, not the JSON one.
+	s.handleLimit(route{"PUT /api/v1/vms/{id}/files", authed, func(w http.ResponseWriter, r *http.Request) error {
+		path := r.URL.Query().Get("path")
+		if path == "" {
+			return badRequest("query parameter path is required")
+		}
+		mode := uint64(0o644)
+		if m := r.URL.Query().Get("mode"); m != "" {
+			var err error
+			if mode, err = strconv.ParseUint(m, 8, 32); err != nil || mode > 0o7777 {
+				return badRequest("mode %q must be octal such as 0644", m)
+			}
+		}
+		if err := vms.PutFile(r.Context(), userFrom(r.Context()), r.PathValue("id"), path, uint32(mode), r.Body); err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "file is larger than %d bytes", int64(MaxFileBytes))
+			}
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}}, MaxFileBytes)
 }
 
 // flushWriter flushes after every write so streamed output arrives live.

@@ -9,7 +9,7 @@
 //
 //	hangar-devcli login  [--issuer URL] [--port 1455] [--client-id ID] [--timeout 10m] [--paste]
 //	hangar-devcli whoami [--issuer URL]
-//	hangar-devcli prompt [--issuer URL] TEXT...   (TEXT from stdin when absent)
+//	hangar-devcli prompt [--issuer URL] [--json] [-m MODEL] TEXT...   (TEXT from stdin when absent)
 //	hangar-devcli logout
 //
 // login --paste is the flow for a browser that cannot reach the CLI's
@@ -50,7 +50,7 @@ var errUsage = errors.New("usage")
 const usage = `usage:
   hangar-devcli login  [--issuer URL] [--port N] [--client-id ID] [--timeout D] [--paste]
   hangar-devcli whoami [--issuer URL]
-  hangar-devcli prompt [--issuer URL] TEXT...
+  hangar-devcli prompt [--issuer URL] [--json] [-m MODEL] TEXT...
   hangar-devcli logout
 
 environment: HANGAR_DEV_ISSUER (default ` + defaultIssuer + `),
@@ -131,6 +131,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stdout, "Logged in as %s (%s)\n", info.Email, info.Name)
 		return nil
 	case "prompt":
+		var o promptOptions
+		fs.StringVar(&o.model, "model", "", "model to ask (the dev model answers any name)")
+		fs.StringVar(&o.model, "m", "", "short for --model")
+		fs.BoolVar(&o.json, "json", false, "print JSON lines: start, text, tool, usage, result")
 		if err := fs.Parse(rest); err != nil {
 			return fmt.Errorf("%w: %v", errUsage, err)
 		}
@@ -143,12 +147,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			}
 			text = strings.TrimRight(string(b), "\n")
 		}
-		info, _, err := e.validate(ctx)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "dev-model answer for %s: %s\n", info.Email, reverse(text))
-		return nil
+		return e.prompt(ctx, text, o)
 	case "logout":
 		if err := os.Remove(authPath(e.home)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("logout: %w", err)
@@ -168,13 +167,4 @@ func (e *env) setIssuer(flagValue string) {
 		e.issuer = flagValue
 	}
 	e.issuer = strings.TrimRight(e.issuer, "/")
-}
-
-// reverse reverses text by runes: the dev model's deterministic "answer".
-func reverse(s string) string {
-	r := []rune(s)
-	for i, j := 0, len(r)-1; i < j; i, j = i+1, j-1 {
-		r[i], r[j] = r[j], r[i]
-	}
-	return string(r)
 }

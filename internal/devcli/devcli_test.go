@@ -334,6 +334,36 @@ func TestLoginWhoamiPrompt(t *testing.T) {
 	if want := "dev-model answer for " + devoauth.DemoEmail + ": dlröw olleh\n"; code != 0 || out != want {
 		t.Fatalf("prompt = %d %q %q, want %q", code, out, errOut, want)
 	}
+	// --json streams the dev-jsonl events hangar parses: start, the
+	// tool the prompt asked for (call and result), text deltas, usage and
+	// a final result holding the whole answer.
+	out, errOut, code = f.run("", "prompt", "--json", "-m", "dev-2", "use a tool")
+	if code != 0 {
+		t.Fatalf("prompt --json = %d %q", code, errOut)
+	}
+	var types []string
+	var text strings.Builder
+	var result map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("prompt --json printed a line that is not JSON: %q", l)
+		}
+		typ, _ := ev["type"].(string)
+		if len(types) == 0 || types[len(types)-1] != typ {
+			types = append(types, typ)
+		}
+		if typ == "text" {
+			text.WriteString(ev["text"].(string))
+		}
+		if typ == "result" {
+			result = ev
+		}
+	}
+	wantAnswer := "dev-model answer for " + devoauth.DemoEmail + ": loot a esu"
+	if strings.Join(types, ",") != "start,tool,text,usage,result" || text.String() != wantAnswer || result["text"] != wantAnswer {
+		t.Fatalf("prompt --json: types %v, text %q, result %v", types, text.String(), result)
+	}
 	out, _, code = f.run("from stdin\n", "prompt")
 	if code != 0 || !strings.HasSuffix(out, ": nidts morf\n") {
 		t.Fatalf("prompt from stdin = %d %q", code, out)

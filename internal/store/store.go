@@ -246,4 +246,32 @@ type Store interface {
 	// touching the sealed data or its version.
 	MarkCredentialValidated(ctx context.Context, ownerID, provider string, at time.Time) error
 	DeleteCredential(ctx context.Context, ownerID, provider string) error
+
+	// CreatePrompt stores a new prompt.
+	CreatePrompt(ctx context.Context, p Prompt) error
+	// GetPrompt returns the prompt; ownerID "" means any owner.
+	GetPrompt(ctx context.Context, id, ownerID string) (Prompt, error)
+	// ListPrompts lists prompts newest first.
+	ListPrompts(ctx context.Context, f PromptFilter) ([]Prompt, error)
+	// UpdatePrompt writes VMID, State, ExitCode, Error, Usage, StartedAt and
+	// FinishedAt of p.ID only while the stored state is fromState
+	// (ErrConflict otherwise), so a transition cannot overwrite a later one.
+	UpdatePrompt(ctx context.Context, p Prompt, fromState string) error
+	// AppendPromptEvent numbers e after the prompt's last event and stores it.
+	AppendPromptEvent(ctx context.Context, e PromptEvent) (PromptEvent, error)
+	// ListPromptEvents returns a prompt's events after afterSeq, in order.
+	ListPromptEvents(ctx context.Context, promptID string, afterSeq int64, limit int) ([]PromptEvent, error)
+
+	// AcquireLease gives l.VMID the lease of l.OwnerID's l.Provider
+	// credential until l.ExpiresAt when it is free, expired or already
+	// held by that VM. When another VM holds it, it returns that lease
+	// with ErrConflict.
+	AcquireLease(ctx context.Context, l Lease) (Lease, error)
+	// RenewLease extends a lease vmID holds (ErrNotFound if it does not).
+	RenewLease(ctx context.Context, ownerID, provider, vmID string, until time.Time) error
+	// ReleaseLease ends a lease vmID holds (ErrNotFound if it does not).
+	ReleaseLease(ctx context.Context, ownerID, provider, vmID string) error
+	GetLease(ctx context.Context, ownerID, provider string) (Lease, error)
+	// ListLeases lists ownerID's leases, or all for "".
+	ListLeases(ctx context.Context, ownerID string) ([]Lease, error)
 }

@@ -23,6 +23,8 @@
 //	GET  /code        shows a code for CLIs whose redirect_uri is this page
 //	                  (paste mode)
 //	GET  /.well-known/oauth-authorization-server   RFC 8414 metadata
+//	POST /v1/complete Authorization: Bearer, {"prompt","model"} → the dev
+//	                  model's answer streamed as NDJSON (model.go)
 //
 // redirect_uri must be a loopback http URL with an explicit port
 // (http://127.0.0.1:<port>/…, http://localhost:<port>/… or
@@ -124,6 +126,10 @@ type Server struct {
 	refresh   map[string]*token       // by SHA-256 of the refresh token
 	revoked   map[string]time.Time    // revoked grant families, until when to remember them
 	lastSweep time.Time
+	// reuses counts refresh tokens presented a second time (each one
+	// revoked its grant): hangar's single-writer leases exist so that
+	// this stays zero.
+	reuses int
 }
 
 // authRequest is an /authorize call in progress: the user is on the login
@@ -209,6 +215,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET "+p+"/userinfo", s.handleUserinfo)
 	s.mux.HandleFunc("GET "+p+"/code", s.handleCodePage)
 	s.mux.HandleFunc("GET "+p+"/.well-known/oauth-authorization-server", s.handleMetadata)
+	s.mux.HandleFunc("POST "+p+"/v1/complete", s.handleComplete)
 	return s
 }
 

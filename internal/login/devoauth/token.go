@@ -182,6 +182,7 @@ func (s *Server) refreshGrant(w http.ResponseWriter, p map[string]string) {
 		// Rotation: an old refresh token coming back means two holders of
 		// one grant, so the whole grant is revoked.
 		s.revokeFamilyLocked(t.family)
+		s.reuses++
 		s.mu.Unlock()
 		s.tokenError(w, http.StatusBadRequest, "invalid_grant", "the refresh token was already used (refresh tokens rotate)", clientID)
 		return
@@ -222,13 +223,23 @@ func (s *Server) issue(now time.Time, u User, clientID, scope, family string) (r
 }
 
 func (s *Server) handleUserinfo(w http.ResponseWriter, r *http.Request) {
+	u, ok := s.bearerUser(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, Userinfo{Sub: u.Subject, Email: u.Email, Name: u.Name})
+}
+
+// bearerUser checks the request's Bearer access token and returns its
+// user; when the token is missing, unknown or expired it has answered 401.
+func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (User, bool) {
 	h := r.Header.Get("Authorization")
 	scheme, tok, _ := strings.Cut(h, " ")
 	tok = strings.TrimSpace(tok)
 	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hangar-dev"`)
 		writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: "invalid_request", Description: "a Bearer access token is required"})
-		return
+		return User{}, false
 	}
 	now := s.opts.Now()
 	key := hashKey(tok)
@@ -246,7 +257,7 @@ func (s *Server) handleUserinfo(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hangar-dev", error="invalid_token"`)
 		writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: "invalid_token", Description: "the access token is invalid or expired"})
-		return
+		return User{}, false
 	}
-	writeJSON(w, http.StatusOK, Userinfo{Sub: u.Subject, Email: u.Email, Name: u.Name})
+	return u, true
 }

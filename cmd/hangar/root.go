@@ -34,6 +34,7 @@ func newRootCmd() *cobra.Command {
 		newVMCmd(o),
 		newKeysCmd(o),
 		newAuthCmd(o),
+		newPromptCmd(o),
 		newVersionCmd(),
 		newImageCmd(o),
 		newDoctorCmd(o),

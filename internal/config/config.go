@@ -69,6 +69,27 @@ type Config struct {
 	ReconcileInterval Duration `json:"reconcile_interval"`
 	// Network configures the per-VM network slots.
 	Network Network `json:"network"`
+
+	// PublicURL is the daemon's address as users reach it (the dev
+	// provider's URL shown in paste mode names it); empty means
+	// http://<listen address>.
+	PublicURL string `json:"public_url"`
+	// PromptTimeout is a prompt's default bound when the request names
+	// none (at most 1h is allowed per prompt).
+	PromptTimeout Duration `json:"prompt_timeout"`
+	// CredentialLeaseTTL is how long a VM's credential lease lasts without
+	// renewal (the daemon renews every third of it while the VM runs).
+	CredentialLeaseTTL Duration `json:"credential_lease_ttl"`
+	// CredentialLeaseWait bounds how long a prompt for one VM waits while a
+	// prompt of the same provider runs on another VM of the user; after it
+	// the API answers 409 naming the holder.
+	CredentialLeaseWait Duration `json:"credential_lease_wait"`
+	// CredentialSyncInterval is how often credential files held by idle
+	// VMs are read back (besides after every prompt and before a stop).
+	CredentialSyncInterval Duration `json:"credential_sync_interval"`
+	// DevAccessTokenTTL is the dev provider's access-token lifetime (short
+	// in tests, to make the CLI refresh).
+	DevAccessTokenTTL Duration `json:"dev_access_token_ttl"`
 }
 
 // Network configures VM networking (internal/netslot).
@@ -120,22 +141,27 @@ type EgressPolicy struct {
 // Default returns the embedded defaults.
 func Default() Config {
 	return Config{
-		Listen:                "127.0.0.1:4000",
-		DataDir:               DefaultDataDir(),
-		LogLevel:              "info",
-		LogFormat:             "text",
-		RateLimit:             "1000/15m",
-		MaxBodyBytes:          1 << 20,
-		ShutdownTimeout:       Duration(15 * time.Second),
-		TaskLease:             Duration(30 * time.Second),
-		Hypervisor:            "auto",
-		Accel:                 "auto",
-		MaxVMsPerUser:         180,
-		MaxBrowserVMs:         2,
-		BootTimeout:           Duration(3 * time.Minute),
-		LogRetention:          Duration(7 * 24 * time.Hour),
-		LoginHeartbeatTimeout: Duration(5 * time.Minute),
-		BuildImages:           true,
+		Listen:                 "127.0.0.1:4000",
+		DataDir:                DefaultDataDir(),
+		LogLevel:               "info",
+		LogFormat:              "text",
+		RateLimit:              "1000/15m",
+		MaxBodyBytes:           1 << 20,
+		ShutdownTimeout:        Duration(15 * time.Second),
+		TaskLease:              Duration(30 * time.Second),
+		Hypervisor:             "auto",
+		Accel:                  "auto",
+		MaxVMsPerUser:          180,
+		MaxBrowserVMs:          2,
+		BootTimeout:            Duration(3 * time.Minute),
+		PromptTimeout:          Duration(10 * time.Minute),
+		CredentialLeaseTTL:     Duration(2 * time.Minute),
+		CredentialLeaseWait:    Duration(10 * time.Second),
+		CredentialSyncInterval: Duration(time.Minute),
+		DevAccessTokenTTL:      Duration(time.Hour),
+		LogRetention:           Duration(7 * 24 * time.Hour),
+		LoginHeartbeatTimeout:  Duration(5 * time.Minute),
+		BuildImages:            true,
 
 		VMShutdownPolicy:  "leave",
 		ReconcileInterval: Duration(time.Minute),
@@ -252,6 +278,12 @@ var envVars = []struct {
 		return err
 	}},
 	{"HANGAR_VM_SHUTDOWN_POLICY", func(c *Config, v string) error { c.VMShutdownPolicy = v; return nil }},
+	{"HANGAR_PUBLIC_URL", func(c *Config, v string) error { c.PublicURL = v; return nil }},
+	{"HANGAR_PROMPT_TIMEOUT", durationEnv(func(c *Config) *Duration { return &c.PromptTimeout })},
+	{"HANGAR_CREDENTIAL_LEASE_TTL", durationEnv(func(c *Config) *Duration { return &c.CredentialLeaseTTL })},
+	{"HANGAR_CREDENTIAL_LEASE_WAIT", durationEnv(func(c *Config) *Duration { return &c.CredentialLeaseWait })},
+	{"HANGAR_CREDENTIAL_SYNC_INTERVAL", durationEnv(func(c *Config) *Duration { return &c.CredentialSyncInterval })},
+	{"HANGAR_DEV_ACCESS_TOKEN_TTL", durationEnv(func(c *Config) *Duration { return &c.DevAccessTokenTTL })},
 	{"HANGAR_RECONCILE_INTERVAL", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.ReconcileInterval = Duration(d)
@@ -362,6 +394,24 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("vm_shutdown_policy %q: want leave or stop", c.VMShutdownPolicy))
 	}
+	if d := time.Duration(c.PromptTimeout); d < time.Second || d > time.Hour {
+		errs = append(errs, errors.New("prompt_timeout must be 1s to 1h"))
+	}
+	if time.Duration(c.CredentialLeaseTTL) < 3*time.Second {
+		errs = append(errs, errors.New("credential_lease_ttl must be at least 3s"))
+	}
+	if time.Duration(c.CredentialLeaseWait) < 0 {
+		errs = append(errs, errors.New("credential_lease_wait must not be negative"))
+	}
+	if time.Duration(c.CredentialSyncInterval) < time.Second {
+		errs = append(errs, errors.New("credential_sync_interval must be at least 1s"))
+	}
+	if time.Duration(c.DevAccessTokenTTL) < time.Second {
+		errs = append(errs, errors.New("dev_access_token_ttl must be at least 1s"))
+	}
+	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
+		errs = append(errs, fmt.Errorf("public_url %q must start with http:// or https://", c.PublicURL))
+	}
 	if time.Duration(c.ReconcileInterval) < time.Second {
 		errs = append(errs, errors.New("reconcile_interval must be at least 1s"))
 	}
@@ -391,4 +441,14 @@ func (c *Config) DSN() string {
 		return c.Database
 	}
 	return c.DataDir + "/hangar.db"
+}
+
+// durationEnv sets the Duration field that at returns from a HANGAR_*
+// variable.
+func durationEnv(at func(*Config) *Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		*at(c) = Duration(d)
+		return err
+	}
 }

@@ -14,15 +14,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/config"
+	"github.com/hangar-vm/hangar/internal/creds"
 	"github.com/hangar-vm/hangar/internal/events"
 	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/image"
 	"github.com/hangar-vm/hangar/internal/login"
+	"github.com/hangar-vm/hangar/internal/login/devoauth"
 	"github.com/hangar-vm/hangar/internal/netslot"
+	"github.com/hangar-vm/hangar/internal/prompt"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
@@ -56,6 +60,9 @@ type Daemon struct {
 	slots    *netslot.Manager
 	policies *policies
 	logins   *login.Manager
+	prompts  *prompt.Service
+	creds    *creds.Manager
+	devOAuth *devoauth.Server
 	srv      *http.Server
 	ln       net.Listener
 	closers  []closer // run in reverse order by Shutdown
@@ -119,14 +126,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}
-	if err := d.vms.Recover(ctx); err != nil {
-		return nil, fmt.Errorf("recover vms: %w", err)
-	}
 	// By default VMs keep running when the daemon stops and the next one
 	// re-attaches (vm_shutdown_policy=leave); "stop" stops them in Close.
 	d.closers = append(d.closers, closer{"vms", func(context.Context) error { d.vms.Close(); return nil }})
 	if err := d.setupLogins(ctx, log); err != nil {
 		return nil, err
+	}
+	// After logins and prompts are wired: a re-attached VM is handed to
+	// the credential manager like a freshly booted one.
+	if err := d.vms.Recover(ctx); err != nil {
+		return nil, fmt.Errorf("recover vms: %w", err)
 	}
 	if os.Getenv("HANGAR_DEBUG_TASKS") == "1" {
 		d.runner.Register(DebugTaskKind, debugTask)
@@ -187,7 +196,11 @@ func (d *Daemon) Listen() (net.Addr, error) {
 		return nil, fmt.Errorf("listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.ln = ln
-	d.logins.SetPublicDevOAuthURL("http://" + ln.Addr().String() + "/dev-oauth")
+	public := strings.TrimRight(d.cfg.PublicURL, "/")
+	if public == "" {
+		public = "http://" + ln.Addr().String()
+	}
+	d.logins.SetPublicDevOAuthURL(public + "/dev-oauth")
 	return ln.Addr(), nil
 }
 

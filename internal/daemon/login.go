@@ -29,7 +29,8 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("provider recipes: %w", err)
 	}
-	dev := devoauth.New(devoauth.Options{Prefix: "/dev-oauth", Log: log.With("component", "dev-oauth")})
+	dev := devoauth.New(devoauth.Options{Prefix: "/dev-oauth", AccessTTL: time.Duration(d.cfg.DevAccessTokenTTL), Log: log.With("component", "dev-oauth")})
+	d.devOAuth = dev
 	d.api.MountPublic("/dev-oauth/", dev)
 
 	signer := liveview.NewSigner()
@@ -66,8 +67,11 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 		return fmt.Errorf("recover login sessions: %w", err)
 	}
 	d.closers = append(d.closers, closer{"logins", func(context.Context) error { d.logins.Close(); return nil }})
-	return nil
+	return d.setupPrompts(ctx, log, keys, recipes, dev)
 }
+
+// DevOAuth is the built-in dev provider (tests replay its tokens).
+func (d *Daemon) DevOAuth() *devoauth.Server { return d.devOAuth }
 
 // Logins is the login session manager.
 func (d *Daemon) Logins() *login.Manager { return d.logins }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/errs"
@@ -196,14 +197,19 @@ func (m *Manager) Credentials(ctx context.Context, caller store.User) ([]api.Cre
 	return out, nil
 }
 
-// DeleteCredential removes the caller's credentials for provider.
+// DeleteCredential removes the caller's credentials for provider, and
+// with them the files in any VM that holds them.
 func (m *Manager) DeleteCredential(ctx context.Context, caller store.User, provider string) error {
+	if _, ok := m.recipes[provider]; !ok {
+		return errs.E(errs.Invalid, "provider %q: want one of %s", provider, strings.Join(m.recipes.Names(), ", "))
+	}
 	err := m.store.DeleteCredential(ctx, caller.ID, provider)
 	if errors.Is(err, store.ErrNotFound) {
 		return errs.E(errs.NotFound, "no %s credentials stored", provider)
 	}
 	if err == nil {
 		m.log.Info("credentials deleted", "user_id", caller.ID, "provider", provider)
+		m.credentialsChanged(caller.ID, provider)
 	}
 	return err
 }
@@ -258,6 +264,17 @@ func (m *Manager) SetPrepareVM(fn func(ctx context.Context, link *agentlink.Clie
 	m.prepareVM = fn
 	m.mu.Unlock()
 }
+
+// SetOnCredentials sets what to tell when a stored credential was written
+// or deleted.
+func (m *Manager) SetOnCredentials(fn func(ownerID, provider string)) {
+	m.mu.Lock()
+	m.onCredentials = fn
+	m.mu.Unlock()
+}
+
+// Recipes are the provider recipes the manager knows.
+func (m *Manager) Recipes() Recipes { return m.recipes }
 
 // SetOnEnd sets what to tell when a session ends.
 func (m *Manager) SetOnEnd(fn func(sessionID string)) {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -88,10 +89,71 @@ type Recipe struct {
 	SuccessPattern string           `json:"success_pattern,omitempty"`
 	Credentials    []CredentialFile `json:"credentials"`
 	Metadata       Metadata         `json:"metadata"`
-	// Prompt runs a prompt non-interactively ({{prompt}} is replaced).
-	Prompt Command `json:"prompt"`
+	// Prompt runs one prompt non-interactively in a CLI VM.
+	Prompt PromptCommand `json:"prompt"`
+	// APIHosts are the hosts the CLI talks to when it runs a prompt; a
+	// CLI VM's egress policy must reach them (see the README, Network).
+	APIHosts []string `json:"api_hosts,omitempty"`
 
 	urlRE, deviceRE, pasteRE, successRE *regexp.Regexp
+}
+
+// PromptCommand runs one prompt non-interactively. In Argv, "{{prompt}}"
+// is replaced by the prompt text (one argument, never through a shell) and
+// "{{model_args}}" by ModelArgs with "{{model}}" replaced when the caller
+// asked for a model, or by nothing.
+type PromptCommand struct {
+	Argv      []string          `json:"argv"`
+	ModelArgs []string          `json:"model_args,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	// User runs it; "hangar" (uid 1000, home /home/hangar) by default.
+	User string `json:"user,omitempty"`
+	// Format names the parser of the CLI's stdout (internal/prompt/cliout):
+	// codex-jsonl, claude-stream-json, gemini-stream-json, dev-jsonl, text.
+	Format string `json:"format"`
+	// Failures classify a failed run by its output (ANSI stripped, stdout
+	// and stderr): the first match decides the message the user sees.
+	Failures []FailurePattern `json:"failures,omitempty"`
+}
+
+// FailurePattern maps CLI output to a failure kind: "auth" (the login is
+// no longer valid: log in again) or "unreachable" (the provider's API could
+// not be reached).
+type FailurePattern struct {
+	Match string `json:"match"`
+	Kind  string `json:"kind"`
+	re    *regexp.Regexp
+}
+
+// Args builds the prompt's argv.
+func (c PromptCommand) Args(prompt, model string) []string {
+	var out []string
+	for _, a := range c.Argv {
+		switch a {
+		case "{{prompt}}":
+			out = append(out, prompt)
+		case "{{model_args}}":
+			if model != "" {
+				for _, m := range c.ModelArgs {
+					out = append(out, strings.ReplaceAll(m, "{{model}}", model))
+				}
+			}
+		default:
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Classify returns the kind of the first failure pattern matching output,
+// or "".
+func (c PromptCommand) Classify(output string) string {
+	for _, f := range c.Failures {
+		if f.re != nil && f.re.MatchString(output) {
+			return f.Kind
+		}
+	}
+	return ""
 }
 
 // Recipes are the built-in providers, by name.
@@ -139,6 +201,9 @@ func ParseRecipe(b []byte) (*Recipe, error) {
 	if r.Name == "" || r.Version < 1 || len(r.Login.Argv) == 0 || r.URLPattern == "" || len(r.Credentials) == 0 || len(r.Modes) == 0 {
 		return nil, fmt.Errorf("name, version, modes, login.argv, url_pattern and credentials are required")
 	}
+	if len(r.Prompt.Argv) == 0 || r.Prompt.Format == "" || !slices.Contains(r.Prompt.Argv, "{{prompt}}") {
+		return nil, fmt.Errorf("prompt.argv (with a {{prompt}} argument) and prompt.format are required")
+	}
 	var err error
 	compile := func(p string) *regexp.Regexp {
 		if p == "" || err != nil {
@@ -151,6 +216,12 @@ func ParseRecipe(b []byte) (*Recipe, error) {
 	r.urlRE, r.deviceRE, r.pasteRE, r.successRE = compile(r.URLPattern), compile(r.DeviceCodePattern), compile(r.PastePattern), compile(r.SuccessPattern)
 	for i := range r.Prompts {
 		r.Prompts[i].re = compile(r.Prompts[i].Match)
+	}
+	for i := range r.Prompt.Failures {
+		r.Prompt.Failures[i].re = compile(r.Prompt.Failures[i].Match)
+		if k := r.Prompt.Failures[i].Kind; k != "auth" && k != "unreachable" && err == nil {
+			err = fmt.Errorf("prompt failure kind %q: want auth or unreachable", k)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("pattern: %w", err)

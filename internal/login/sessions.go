@@ -2,7 +2,6 @@ package login
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,7 +22,9 @@ import (
 
 // VMs is what sessions need of the VM manager.
 type VMs interface {
-	Create(ctx context.Context, caller store.User, req api.CreateVMRequest) (api.VM, error)
+	// CreateFor creates a VM for a purpose (api.PurposeLogin here: a
+	// throwaway VM that is never a user's workspace).
+	CreateFor(ctx context.Context, caller store.User, req api.CreateVMRequest, purpose string) (api.VM, error)
 	WaitReady(ctx context.Context, caller store.User, id string) (api.VM, error)
 	Link(ctx context.Context, caller store.User, id string) (*agentlink.Client, error)
 }
@@ -70,14 +71,17 @@ type Manager struct {
 	devAuth http.Handler
 	log     *slog.Logger
 
-	mu   sync.Mutex // guards runs, prepareVM, onEnd and cfg.PublicDevOAuthURL
+	mu   sync.Mutex // guards runs, prepareVM, onEnd, onCredentials and cfg.PublicDevOAuthURL
 	runs map[string]*run
 	// prepareVM, when set, runs on each login VM before the login command
 	// (operators install extra tools; tests install fake CLIs).
 	prepareVM func(ctx context.Context, link *agentlink.Client) error
 	// onEnd is told when a session ends (the live view closes its viewers).
 	onEnd func(sessionID string)
-	wg    sync.WaitGroup
+	// onCredentials is told when a stored credential was written or
+	// deleted (the credential manager delivers or removes the files).
+	onCredentials func(ownerID, provider string)
+	wg            sync.WaitGroup
 }
 
 // run is a live session's driver.
@@ -277,7 +281,7 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 		}
 	}
 
-	vm, err := m.vms.Create(ctx, caller, api.CreateVMRequest{Kind: kind})
+	vm, err := m.vms.CreateFor(ctx, caller, api.CreateVMRequest{Kind: kind}, api.PurposeLogin)
 	if err != nil {
 		fail(fmt.Errorf("create the login VM: %w", err))
 		return
@@ -395,16 +399,11 @@ type sealedFiles struct {
 
 // storeCapture seals the captured files and writes the credential record.
 func (m *Manager) storeCapture(ctx context.Context, s store.AuthSession, r *Recipe, c Capture) error {
-	plain := sealedFiles{RecipeVersion: r.Version, Files: map[string]string{}}
-	for p, b := range c.Files {
-		plain.Files[p] = base64.StdEncoding.EncodeToString(b)
-	}
-	pb, err := json.Marshal(plain)
+	pb, err := SealFiles(r, c.Files)
 	if err != nil {
 		return err
 	}
-	meta := credentialMetadata(r, c)
-	mb, _ := json.Marshal(meta)
+	mb := MetadataJSON(r, c.Files)
 	for attempt := 0; attempt < 5; attempt++ {
 		rec := store.Credential{ID: store.NewID("cred"), OwnerID: s.OwnerID, Provider: r.Name, Version: 1, Metadata: mb, CapturedAt: time.Now().UTC()}
 		if old, err := m.store.GetCredential(ctx, s.OwnerID, r.Name); err == nil {
@@ -417,6 +416,7 @@ func (m *Manager) storeCapture(ctx context.Context, s store.AuthSession, r *Reci
 			return fmt.Errorf("seal the credentials: %w", err)
 		}
 		if _, err = m.store.PutCredential(ctx, rec); err == nil {
+			m.credentialsChanged(s.OwnerID, r.Name)
 			return nil
 		}
 		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) {
@@ -424,6 +424,18 @@ func (m *Manager) storeCapture(ctx context.Context, s store.AuthSession, r *Reci
 		}
 	}
 	return errors.New("the credential record kept changing while it was written")
+}
+
+// credentialsChanged tells the credential manager that a user's stored
+// credential for provider was written or deleted, so VMs holding it get
+// the new files (or lose them).
+func (m *Manager) credentialsChanged(ownerID, provider string) {
+	m.mu.Lock()
+	fn := m.onCredentials
+	m.mu.Unlock()
+	if fn != nil {
+		fn(ownerID, provider)
+	}
 }
 
 // credMeta is the non-secret metadata kept beside a credential.

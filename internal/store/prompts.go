@@ -31,6 +31,7 @@ type Prompt struct {
 	TimeoutS   int
 	ExitCode   *int
 	Error      string
+	Reason     string // why it failed, a short code (api.Reason*)
 	Usage      []byte // JSON: token counts where the CLI reports them
 	CreatedAt  time.Time
 	StartedAt  time.Time // zero until it runs
@@ -68,13 +69,13 @@ type Lease struct {
 	ExpiresAt  time.Time
 }
 
-const promptCols = "id, owner_id, vm_id, provider, state, prompt, cwd, model, timeout_s, exit_code, error, usage, created_at, started_at, finished_at, updated_at"
+const promptCols = "id, owner_id, vm_id, provider, state, prompt, cwd, model, timeout_s, exit_code, error, reason, usage, created_at, started_at, finished_at, updated_at"
 
 func scanPrompt(sc interface{ Scan(...any) error }) (Prompt, error) {
 	var p Prompt
 	var code sql.NullInt64
 	err := sc.Scan(&p.ID, &p.OwnerID, strCol{&p.VMID}, &p.Provider, &p.State, &p.Prompt, &p.Cwd, &p.Model, &p.TimeoutS,
-		&code, &p.Error, bytesCol{&p.Usage}, timeCol{&p.CreatedAt}, timeCol{&p.StartedAt}, timeCol{&p.FinishedAt}, timeCol{&p.UpdatedAt})
+		&code, &p.Error, &p.Reason, bytesCol{&p.Usage}, timeCol{&p.CreatedAt}, timeCol{&p.StartedAt}, timeCol{&p.FinishedAt}, timeCol{&p.UpdatedAt})
 	if code.Valid {
 		c := int(code.Int64)
 		p.ExitCode = &c
@@ -96,8 +97,8 @@ func (s *sqlStore) CreatePrompt(ctx context.Context, p Prompt) error {
 	if p.CreatedAt.IsZero() {
 		p.CreatedAt = s.clock()
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO prompts (`+promptCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		p.ID, p.OwnerID, nullStr(p.VMID), p.Provider, p.State, p.Prompt, p.Cwd, p.Model, p.TimeoutS, exitArg(p.ExitCode), p.Error,
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO prompts (`+promptCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		p.ID, p.OwnerID, nullStr(p.VMID), p.Provider, p.State, p.Prompt, p.Cwd, p.Model, p.TimeoutS, exitArg(p.ExitCode), p.Error, p.Reason,
 		jsonArg(p.Usage), s.ts(p.CreatedAt), s.nts(p.StartedAt), s.nts(p.FinishedAt), s.ts(p.CreatedAt))
 	return mapErr("create prompt "+p.ID, err)
 }
@@ -141,9 +142,9 @@ func (s *sqlStore) ListPrompts(ctx context.Context, f PromptFilter) ([]Prompt, e
 }
 
 func (s *sqlStore) UpdatePrompt(ctx context.Context, p Prompt, fromState string) error {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE prompts SET vm_id = ?, state = ?, exit_code = ?, error = ?, usage = ?,
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE prompts SET vm_id = ?, state = ?, exit_code = ?, error = ?, reason = ?, usage = ?,
 		started_at = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state = ?`),
-		nullStr(p.VMID), p.State, exitArg(p.ExitCode), p.Error, jsonArg(p.Usage), s.nts(p.StartedAt), s.nts(p.FinishedAt),
+		nullStr(p.VMID), p.State, exitArg(p.ExitCode), p.Error, p.Reason, jsonArg(p.Usage), s.nts(p.StartedAt), s.nts(p.FinishedAt),
 		s.ts(s.clock()), p.ID, fromState)
 	if err != nil {
 		return mapErr("update prompt "+p.ID, err)
@@ -166,6 +167,15 @@ func (s *sqlStore) AppendPromptEvent(ctx context.Context, e PromptEvent) (Prompt
 	e.CreatedAt = s.clock()
 	op := "append prompt event " + e.PromptID
 	err := s.withTx(ctx, op, func(tx *sql.Tx) error {
+		if s.dialect == DialectPostgres {
+			// Concurrent appenders of one prompt serialise on its row, or
+			// two would compute the same next number. (SQLite's single
+			// writer connection serialises them already.)
+			var id string
+			if err := tx.QueryRowContext(ctx, s.q(`SELECT id FROM prompts WHERE id = ? FOR UPDATE`), e.PromptID).Scan(&id); err != nil {
+				return mapErr(op, err)
+			}
+		}
 		if err := tx.QueryRowContext(ctx, s.q(`SELECT COALESCE(MAX(seq), 0) + 1 FROM prompt_events WHERE prompt_id = ?`), e.PromptID).Scan(&e.Seq); err != nil {
 			return mapErr(op, err)
 		}

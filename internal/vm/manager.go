@@ -85,6 +85,10 @@ type Manager struct {
 	mu  sync.Mutex // guards vms
 	vms map[string]*instance
 
+	// lifecycle, when set, is told about ready and stopping VMs. Set
+	// once before Recover.
+	lifecycle Lifecycle
+
 	// slots gives VMs their network; nil runs VMs without a network
 	// device.
 	slots    *netslot.Manager
@@ -137,6 +141,23 @@ type runtimeDoc struct {
 type specDoc struct {
 	VCPUs     int `json:"vcpus"`
 	MemoryMiB int `json:"memory_mib"`
+	// Purpose is api.PurposeWorkspace (also when empty: records from
+	// before purposes existed) or api.PurposeLogin.
+	Purpose string `json:"purpose,omitempty"`
+}
+
+// Lifecycle is told about the transitions other subsystems act on: the
+// credential manager delivers credential files when a VM becomes ready and
+// syncs them back before it stops or goes. The consumer implements it.
+type Lifecycle interface {
+	// VMReady runs (in its own goroutine) after a VM became ready: on a
+	// fresh boot (reattached false: nothing in the guest's memory or
+	// files is from a session the daemon watched) and on re-attach after
+	// a daemon restart (reattached true: the guest ran on meanwhile).
+	VMReady(v api.VM, reattached bool)
+	// VMStopping runs before a VM is stopped or destroyed while its agent
+	// still answers; ctx bounds it.
+	VMStopping(ctx context.Context, v api.VM)
 }
 
 // Accelerated is implemented by drivers that know their acceleration.
@@ -213,8 +234,37 @@ func shape(kind string, req api.CreateVMRequest) (specDoc, error) {
 	return s, nil
 }
 
-// Create records a new VM and boots it in the background.
+// SetLifecycle sets who is told about ready and stopping VMs; call it
+// before Recover.
+func (m *Manager) SetLifecycle(l Lifecycle) { m.lifecycle = l }
+
+// stopping tells the lifecycle a VM is about to stop, bounded by
+// lifecycleTimeout.
+func (m *Manager) stopping(id string) {
+	if m.lifecycle == nil {
+		return
+	}
+	v, err := m.store.GetVM(context.Background(), id, "")
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lifecycleTimeout)
+	defer cancel()
+	m.lifecycle.VMStopping(ctx, m.toAPI(v))
+}
+
+// lifecycleTimeout bounds what runs before a VM stops (credential
+// sync-back).
+const lifecycleTimeout = 30 * time.Second
+
+// Create records a new workspace VM and boots it in the background.
 func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateVMRequest) (api.VM, error) {
+	return m.CreateFor(ctx, caller, req, api.PurposeWorkspace)
+}
+
+// CreateFor records a new VM of purpose (api.PurposeWorkspace or
+// api.PurposeLogin) and boots it in the background.
+func (m *Manager) CreateFor(ctx context.Context, caller store.User, req api.CreateVMRequest, purpose string) (api.VM, error) {
 	switch req.Kind {
 	case api.KindBase, api.KindCLI, api.KindBrowser:
 	case "":
@@ -250,6 +300,7 @@ func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateV
 	if req.Kind == api.KindBrowser && browsers >= m.cfg.MaxBrowserVMs {
 		return api.VM{}, errs.E(errs.Quota, "this host already runs %d browser VMs, its limit; try again when one ends", browsers)
 	}
+	sp.Purpose = purpose
 	spec, _ := json.Marshal(sp)
 	now := time.Now().UTC()
 	v := store.VM{ID: store.NewID("vm"), OwnerID: caller.ID, Kind: req.Kind, State: api.VMCreating, Spec: spec, Runtime: []byte("{}"), CreatedAt: now, UpdatedAt: now}
@@ -494,6 +545,14 @@ func (m *Manager) attach(ctx context.Context, id string, h vmm.Handle, token str
 	}
 	m.log.Info("vm ready", "vm_id", id, "boot_phases", phasesString(phases))
 	m.publish(v, "vm_ready", map[string]any{"boot_phases": phases})
+	if m.lifecycle != nil {
+		av, reattached := m.toAPI(v), phases == nil
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.lifecycle.VMReady(av, reattached)
+		}()
+	}
 	// Keep draining the agent's events for the VM's life: service state
 	// changes go to the daemon log.
 	go func() {
@@ -801,6 +860,7 @@ func (m *Manager) stopAll() {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout+15*time.Second)
 			defer cancel()
+			m.stopping(id)
 			if _, err := m.setState(ctx, id, api.VMStopping, ""); err != nil {
 				m.log.Warn("stop at shutdown", "vm_id", id, "err", err)
 				return

@@ -35,8 +35,12 @@ func (m *Manager) toAPI(v store.VM) api.VM {
 	_ = json.Unmarshal(v.Spec, &sp)
 	var rt runtimeDoc
 	_ = json.Unmarshal(v.Runtime, &rt)
+	purpose := sp.Purpose
+	if purpose == "" {
+		purpose = api.PurposeWorkspace
+	}
 	out := api.VM{
-		ID: v.ID, OwnerID: v.OwnerID, Kind: v.Kind, State: v.State, LastError: v.LastError,
+		ID: v.ID, OwnerID: v.OwnerID, Kind: v.Kind, State: v.State, LastError: v.LastError, Purpose: purpose,
 		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, Hypervisor: m.driver.Name(), Acceleration: m.accel,
 		ImageID: rt.ImageID, KernelVersion: rt.KernelRelease, BootPhases: rt.Phases,
 		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
@@ -51,6 +55,7 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.VM
 		return api.VM{}, err
 	}
 	out := m.toAPI(v)
+	m.addProviders(ctx, v.OwnerID, []*api.VM{&out})
 	if c := m.inst(id).client(); c != nil {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -61,6 +66,16 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.VM
 		}
 	}
 	return out, nil
+}
+
+// Record returns any VM's record as the API shows it, without asking its
+// agent anything (subsystems that need the state only).
+func (m *Manager) Record(ctx context.Context, id string) (api.VM, error) {
+	v, err := m.get(ctx, store.User{Role: store.RoleAdmin}, id)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return m.toAPI(v), nil
 }
 
 // List returns the caller's VMs (admin: all), destroyed ones excluded.
@@ -76,7 +91,29 @@ func (m *Manager) List(ctx context.Context, caller store.User) ([]api.VM, error)
 		}
 		out = append(out, m.toAPI(v))
 	}
+	ptrs := make([]*api.VM, len(out))
+	for i := range out {
+		ptrs[i] = &out[i]
+	}
+	m.addProviders(ctx, caller.Scope(), ptrs)
 	return out, nil
+}
+
+// addProviders fills in which providers' credential leases each VM holds
+// (owner "" looks at everyone's).
+func (m *Manager) addProviders(ctx context.Context, owner string, vms []*api.VM) {
+	ls, err := m.store.ListLeases(ctx, owner)
+	if err != nil {
+		m.log.Warn("list credential leases", "err", err)
+		return
+	}
+	for _, l := range ls {
+		for _, v := range vms {
+			if v.ID == l.VMID {
+				v.Providers = append(v.Providers, l.Provider)
+			}
+		}
+	}
 }
 
 // readyClient returns the agent link of a ready VM or says why there is
@@ -304,6 +341,9 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 	default:
 		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
 	}
+	if v.State == api.VMReady {
+		m.stopping(id)
+	}
 	if v, err = m.setState(ctx, id, api.VMStopping, ""); err != nil {
 		return api.VM{}, err
 	}
@@ -384,6 +424,9 @@ func (m *Manager) Destroy(ctx context.Context, caller store.User, id string) err
 }
 
 func (m *Manager) destroy(ctx context.Context, v store.VM) error {
+	if v.State == api.VMReady {
+		m.stopping(v.ID)
+	}
 	in := m.inst(v.ID)
 	in.mu.Lock()
 	in.expectExit = true

@@ -7,6 +7,11 @@ const (
 	KindBase    = "base"
 	KindCLI     = "cli"
 	KindBrowser = "browser"
+
+	// PurposeWorkspace is a user's own VM; PurposeLogin a login session's
+	// throwaway VM.
+	PurposeWorkspace = "workspace"
+	PurposeLogin     = "login"
 )
 
 // VM states. creating → booting → ready → stopping → stopped, plus failed
@@ -65,8 +70,14 @@ type VM struct {
 	KernelVersion string          `json:"kernel_version,omitempty"`
 	BootPhases    *BootPhases     `json:"boot_phases,omitempty"`
 	Services      []ServiceStatus `json:"services,omitempty"`
-	CreatedAt     time.Time       `json:"created_at"`
-	UpdatedAt     time.Time       `json:"updated_at"`
+	// Purpose is "workspace" for a user's own VMs (a cli one is where
+	// prompts run) and "login" for the throwaway VMs of login sessions.
+	Purpose string `json:"purpose"`
+	// Providers are the providers whose credentials this VM holds now
+	// (it holds their single-writer lease).
+	Providers []string  `json:"providers,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // ExecRequest is the body of POST /api/v1/vms/{id}/exec.

@@ -34,6 +34,9 @@ type Chunk struct {
 	OutputTokens int    `json:"output_tokens,omitempty"`
 }
 
+// SlowMarker in a prompt makes the dev model stream one word a second.
+const SlowMarker = "[slow]"
+
 // DefaultModel is the model the dev endpoint reports when none is asked for.
 const DefaultModel = "dev-1"
 
@@ -94,11 +97,15 @@ func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
 	}
 	answer := Answer(u.Email, req.Prompt)
 	words := strings.SplitAfter(answer, " ")
+	delay := chunkDelay
+	if strings.Contains(req.Prompt, SlowMarker) {
+		delay = time.Second // long enough to cancel a prompt midway
+	}
 	for _, piece := range words {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-time.After(chunkDelay):
+		case <-time.After(delay):
 		}
 		if !send(Chunk{Type: "text", Text: piece}) {
 			return

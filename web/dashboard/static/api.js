@@ -63,6 +63,56 @@ export class Client {
   getSession(id) { return this.request("GET", `/api/v1/auth/sessions/${enc(id)}`); }
   cancelSession(id) { return this.request("POST", `/api/v1/auth/sessions/${enc(id)}/cancel`); }
   heartbeat(id) { return this.request("POST", `/api/v1/auth/sessions/${enc(id)}/heartbeat`); }
+  createPrompt(provider, prompt) { return this.request("POST", "/api/v1/prompts", { provider, prompt }); }
+  cancelPrompt(id) { return this.request("POST", `/api/v1/prompts/${enc(id)}/cancel`); }
+
+  /**
+   * followPrompt streams a prompt's events (GET /api/v1/prompts/{id}/events)
+   * to onEvent({seq,type,data}) until the final completed or failed event,
+   * resuming after a dropped stream from the last event seen, so each event
+   * arrives exactly once.
+   */
+  async followPrompt(id, onEvent, signal) {
+    let last = 0;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const headers = this.headers({ Accept: "text/event-stream" });
+      if (last) headers["Last-Event-ID"] = String(last);
+      let resp;
+      try {
+        resp = await fetch(`/api/v1/prompts/${enc(id)}/events`, { headers, signal, cache: "no-store" });
+      } catch (err) {
+        if (signal && signal.aborted) return;
+        await sleep(500);
+        continue;
+      }
+      if (!resp.ok) {
+        let msg = resp.status + " " + resp.statusText;
+        try { msg = (await resp.json()).error.message || msg; } catch { /* keep the status */ }
+        throw new ApiError(resp.status, "prompt_events", msg);
+      }
+      const parser = new SSEParser();
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          for (const ev of parser.push(value)) {
+            const seq = Number(ev.id);
+            if (!(seq > last)) continue;
+            last = seq;
+            let data = {};
+            try { data = JSON.parse(ev.data); } catch { /* keep {} */ }
+            onEvent({ seq, type: ev.type, data });
+            if (ev.type === "completed" || ev.type === "failed") return;
+          }
+        }
+      } catch (err) {
+        if (signal && signal.aborted) return;
+      }
+      await sleep(500);
+    }
+    throw new ApiError(0, "prompt_events", "the prompt's event stream kept breaking");
+  }
 }
 
 function enc(s) {

@@ -45,6 +45,7 @@ const app = {
   lastSessionPoll: 0,
   fallbackTimer: null,
   noticeTimer: null,
+  prompt: null, // the running prompt: {id, abort}
 };
 
 // ---- sign in / out ----------------------------------------------------------
@@ -308,6 +309,7 @@ async function refreshProviders() {
 }
 
 function renderProviders(creds) {
+  renderPromptProviders(creds);
   const body = $("#providers");
   if (creds.length === 0) {
     body.replaceChildren(el("tr", { class: "empty" }, el("td", { colspan: "7" }, "No providers connected yet.")));
@@ -514,6 +516,75 @@ async function cancelSession() {
   }
 }
 
+// ---- prompts ----------------------------------------------------------------
+
+/** renderPromptProviders offers the connected providers in the prompt box. */
+function renderPromptProviders(creds) {
+  const sel = $("#prompt-provider");
+  const current = sel.value;
+  sel.replaceChildren(...creds.map((c) => el("option", { value: c.provider }, PROVIDER_NAMES[c.provider] || c.provider)));
+  if (creds.some((c) => c.provider === current)) sel.value = current;
+  $("#prompt-panel").hidden = creds.length === 0;
+}
+
+function setPromptState(state) {
+  const s = $("#prompt-state");
+  s.textContent = state;
+  s.dataset.state = state;
+}
+
+async function runPrompt(ev) {
+  ev.preventDefault();
+  if (app.prompt) return;
+  const provider = $("#prompt-provider").value;
+  const text = $("#prompt-text").value.trim();
+  if (!provider || !text) {
+    notice("Pick a connected provider and write a prompt.", "error");
+    return;
+  }
+  $("#prompt-output").textContent = "";
+  $("#prompt-tools").replaceChildren();
+  $("#prompt-error").hidden = true;
+  setPromptState("queued");
+  const p = await call((c) => c.createPrompt(provider, text));
+  if (!p) {
+    setPromptState("");
+    return;
+  }
+  const abort = new AbortController();
+  app.prompt = { id: p.id, abort };
+  $("#prompt-run").disabled = true;
+  $("#prompt-cancel").hidden = false;
+  try {
+    await app.client.followPrompt(p.id, (e) => {
+      switch (e.type) {
+        case "started": setPromptState("running"); break;
+        case "output": $("#prompt-output").textContent += e.data.text || ""; break;
+        case "tool":
+          $("#prompt-tools").append(el("li", {}, `tool ${e.data.phase}: ${e.data.name}`));
+          break;
+        case "completed": setPromptState("completed"); break;
+        case "failed":
+          setPromptState("failed");
+          $("#prompt-error").textContent = e.data.message || "The prompt failed.";
+          $("#prompt-error").hidden = false;
+          break;
+      }
+    }, abort.signal);
+  } catch (err) {
+    notice(err.message, "error");
+  } finally {
+    app.prompt = null;
+    $("#prompt-run").disabled = false;
+    $("#prompt-cancel").hidden = true;
+  }
+}
+
+async function cancelPrompt() {
+  if (!app.prompt) return;
+  await call((c) => c.cancelPrompt(app.prompt.id));
+}
+
 // ---- wiring -----------------------------------------------------------------
 
 function main() {
@@ -532,6 +603,8 @@ function main() {
     b.addEventListener("click", () => connect(b.dataset.provider));
   }
   $("#session-cancel").addEventListener("click", cancelSession);
+  $("#prompt-form").addEventListener("submit", runPrompt);
+  $("#prompt-cancel").addEventListener("click", cancelPrompt);
   $("#session-close").addEventListener("click", closeSession);
 
   const saved = sessionStorage.getItem(KEY_STORAGE);

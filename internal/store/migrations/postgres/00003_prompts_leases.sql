@@ -15,6 +15,7 @@ CREATE TABLE prompts (
     timeout_s   INTEGER NOT NULL,
     exit_code   INTEGER,
     error       TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL DEFAULT '',
     usage       JSONB NOT NULL DEFAULT '{}',
     created_at  TIMESTAMPTZ NOT NULL,
     started_at  TIMESTAMPTZ,

@@ -15,6 +15,7 @@ CREATE TABLE prompts (
     timeout_s   INTEGER NOT NULL,
     exit_code   INTEGER,
     error       TEXT NOT NULL DEFAULT '',
+    reason      TEXT NOT NULL DEFAULT '',
     usage       TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(usage)),
     created_at  TEXT NOT NULL,
     started_at  TEXT,

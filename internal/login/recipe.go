@@ -99,9 +99,10 @@ type Recipe struct {
 }
 
 // PromptCommand runs one prompt non-interactively. In Argv, "{{prompt}}"
-// is replaced by the prompt text (one argument, never through a shell) and
+// is replaced by the prompt text (inside one argument, such as
+// "--prompt={{prompt}}", never through a shell) and an argument
 // "{{model_args}}" by ModelArgs with "{{model}}" replaced when the caller
-// asked for a model, or by nothing.
+// asked for a model, or by nothing. The CLI's stdin is closed at start.
 type PromptCommand struct {
 	Argv      []string          `json:"argv"`
 	ModelArgs []string          `json:"model_args,omitempty"`
@@ -122,6 +123,10 @@ type PromptCommand struct {
 type FailurePattern struct {
 	Match string `json:"match"`
 	Kind  string `json:"kind"`
+	// Early stops the CLI as soon as one line of its output matches,
+	// instead of waiting for it to give up (codex retries a missing
+	// network forever).
+	Early bool `json:"early,omitempty"`
 	re    *regexp.Regexp
 }
 
@@ -130,8 +135,6 @@ func (c PromptCommand) Args(prompt, model string) []string {
 	var out []string
 	for _, a := range c.Argv {
 		switch a {
-		case "{{prompt}}":
-			out = append(out, prompt)
 		case "{{model_args}}":
 			if model != "" {
 				for _, m := range c.ModelArgs {
@@ -139,10 +142,21 @@ func (c PromptCommand) Args(prompt, model string) []string {
 				}
 			}
 		default:
-			out = append(out, a)
+			out = append(out, strings.ReplaceAll(a, "{{prompt}}", prompt))
 		}
 	}
 	return out
+}
+
+// EarlyFailure returns the kind of the first early failure pattern that
+// matches one line of output, or "".
+func (c PromptCommand) EarlyFailure(line string) string {
+	for _, f := range c.Failures {
+		if f.Early && f.re != nil && f.re.MatchString(line) {
+			return f.Kind
+		}
+	}
+	return ""
 }
 
 // Classify returns the kind of the first failure pattern matching output,
@@ -201,7 +215,7 @@ func ParseRecipe(b []byte) (*Recipe, error) {
 	if r.Name == "" || r.Version < 1 || len(r.Login.Argv) == 0 || r.URLPattern == "" || len(r.Credentials) == 0 || len(r.Modes) == 0 {
 		return nil, fmt.Errorf("name, version, modes, login.argv, url_pattern and credentials are required")
 	}
-	if len(r.Prompt.Argv) == 0 || r.Prompt.Format == "" || !slices.Contains(r.Prompt.Argv, "{{prompt}}") {
+	if len(r.Prompt.Argv) == 0 || r.Prompt.Format == "" || !slices.ContainsFunc(r.Prompt.Argv, func(a string) bool { return strings.Contains(a, "{{prompt}}") }) {
 		return nil, fmt.Errorf("prompt.argv (with a {{prompt}} argument) and prompt.format are required")
 	}
 	var err error

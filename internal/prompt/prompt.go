@@ -348,6 +348,11 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 		return fail(api.ReasonVM, "could not start %s in VM %s: %s", cmd.Argv[0], p.VMID, red.apply(err.Error()))
 	}
 	defer sess.Close()
+	// No CLI gets input: codex would wait for stdin to close, gemini
+	// would append it to the prompt.
+	if err := sess.CloseStdin(); err != nil {
+		log.Warn("close the CLI's stdin", "err", err)
+	}
 	// Cancelling sends SIGTERM to the CLI's process group, then closes the
 	// stream, which makes the agent SIGKILL the group.
 	stopCancel := context.AfterFunc(ctx, func() {
@@ -364,9 +369,24 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	}
 	var result *cliout.Event
 	var outTail tailBuffer
+	// early is set when a line shows the CLI will not succeed (a recipe's
+	// early failure pattern): the CLI is stopped at once.
+	var early string
+	checkEarly := func(line []byte) {
+		if early != "" {
+			return
+		}
+		if kind := cmd.EarlyFailure(stripANSI(string(line))); kind != "" {
+			early = kind
+			log.Info("the CLI's output shows it cannot succeed; stopping it", "kind", kind)
+			_ = sess.Signal(syscall.SIGTERM)
+			time.AfterFunc(cancelGrace, func() { sess.Close() })
+		}
+	}
 	stdout := newLineWriter(func(line []byte) {
 		line = []byte(red.apply(string(line)))
 		raw.line("out", line)
+		checkEarly(line)
 		for _, ev := range parser.Line(line) {
 			switch ev.Type {
 			case "output":
@@ -394,45 +414,52 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	stderr := newLineWriter(func(line []byte) {
 		line = []byte(red.apply(string(line)))
 		raw.line("err", line)
+		checkEarly(line)
 		errTail.Write(append(line, '\n'))
 	})
 	st, werr := sess.Wait(stdout, stderr)
 	stdout.flush()
 	stderr.flush()
 	code := st.ExitCode
-	if werr != nil {
+	if werr != nil && early == "" {
 		if ctx.Err() != nil {
 			return ending{state: api.PromptFailed, reason: api.ReasonCancelled, message: "the prompt was stopped"}
 		}
 		return fail(api.ReasonVM, "lost the CLI's output stream from VM %s: %s", p.VMID, red.apply(werr.Error()))
 	}
 	log.Info("prompt cli exited", "exit_code", code, "timed_out", st.TimedOut, "signal", st.Signal)
-	if st.TimedOut {
-		return ending{state: api.PromptFailed, reason: api.ReasonTimeout, message: fmt.Sprintf("the prompt ran longer than its timeout of %s and was stopped", timeout), exitCode: &code}
-	}
-	if ctx.Err() != nil {
-		return ending{state: api.PromptFailed, reason: api.ReasonCancelled, message: "the prompt was stopped", exitCode: &code}
-	}
-	isErr := code != 0 || (result != nil && result.IsError)
-	if !isErr {
-		return ending{state: api.PromptCompleted, exitCode: &code}
-	}
 	detail := ""
 	if result != nil && result.Message != "" {
 		detail = result.Message
 	}
 	all := stripANSI(outTail.String() + "\n" + errTail.String() + "\n" + detail)
-	switch cmd.Classify(all) {
+	kind := early
+	if kind == "" {
+		kind = cmd.Classify(all)
+	}
+	if st.TimedOut {
+		if kind == "unreachable" {
+			// A CLI that retries a missing network until it is killed
+			// failed for that reason, not for slowness.
+			return ending{state: api.PromptFailed, reason: api.ReasonUnreachable, exitCode: &code,
+				message: fmt.Sprintf("%s's provider is unreachable from VM %s (it needs %s): check the VM's network policy; the CLI was stopped after its timeout of %s", r.DisplayName, p.VMID, apiHosts(r), timeout)}
+		}
+		return ending{state: api.PromptFailed, reason: api.ReasonTimeout, message: fmt.Sprintf("the prompt ran longer than its timeout of %s and was stopped", timeout), exitCode: &code}
+	}
+	if ctx.Err() != nil {
+		return ending{state: api.PromptFailed, reason: api.ReasonCancelled, message: "the prompt was stopped", exitCode: &code}
+	}
+	isErr := code != 0 || (result != nil && result.IsError) || early != ""
+	if !isErr {
+		return ending{state: api.PromptCompleted, exitCode: &code}
+	}
+	switch kind {
 	case "auth":
 		return ending{state: api.PromptFailed, reason: api.ReasonAuth, exitCode: &code,
 			message: fmt.Sprintf("%s refused the stored login (token expired or revoked): log in again with hangar auth login %s", r.DisplayName, r.Name)}
 	case "unreachable":
-		hosts := "its API"
-		if len(r.APIHosts) > 0 {
-			hosts = strings.Join(r.APIHosts, ", ")
-		}
 		return ending{state: api.PromptFailed, reason: api.ReasonUnreachable, exitCode: &code,
-			message: fmt.Sprintf("%s's provider is unreachable from VM %s (it needs %s): check the VM's network policy", r.DisplayName, p.VMID, hosts)}
+			message: fmt.Sprintf("%s's provider is unreachable from VM %s (it needs %s): check the VM's network policy", r.DisplayName, p.VMID, apiHosts(r))}
 	}
 	if detail == "" {
 		detail = lastLine(errTail.String())
@@ -442,6 +469,14 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	}
 	return ending{state: api.PromptFailed, reason: api.ReasonCLI, exitCode: &code,
 		message: red.apply(fmt.Sprintf("%s exited with code %d: %s", cmd.Argv[0], code, sanitize(detail)))}
+}
+
+// apiHosts names the hosts a provider's CLI needs.
+func apiHosts(r *login.Recipe) string {
+	if len(r.APIHosts) == 0 {
+		return "its API"
+	}
+	return strings.Join(r.APIHosts, ", ")
 }
 
 // finish records the end, appends the final event and publishes it.

@@ -171,3 +171,18 @@ func readSSE(r io.Reader, fn func(sseMessage) error) error {
 	}
 	return nil
 }
+
+// PromptLog copies a prompt's raw CLI output (tokens redacted) to w.
+func (c *Client) PromptLog(ctx context.Context, id string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/api/v1/prompts/"+url.PathEscape(id)+"/log", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}

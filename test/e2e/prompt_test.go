@@ -27,11 +27,11 @@ import (
 // login: a paste-mode session runs hangar-devcli login in a throwaway CLI
 // VM, the test plays the user's browser against the dev OAuth provider
 // (sign in, consent) and pastes the code back.
-func loginDevPaste(t *testing.T, h *harness, c *client.Client) {
+func loginDevPaste(t *testing.T, base string, c *client.Client) {
 	t.Helper()
 	s := startSession(t, c, "dev", api.ModePaste)
 	s = waitSession(t, c, s.ID, 4*time.Minute, "the OAuth URL", func(s api.AuthSession) bool { return s.OAuthURL != "" && s.State == api.AuthAwaitingUser })
-	code := devOAuthInBrowser(t, h.url, s.OAuthURL)
+	code := devOAuthInBrowser(t, base, s.OAuthURL)
 	if err := c.AuthInput(context.Background(), s.ID, code); err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestPromptsEndToEnd(t *testing.T) {
 		t.Fatalf("prompt for an unknown provider: %v, want 400", err)
 	}
 
-	loginDevPaste(t, h, c)
+	loginDevPaste(t, h.url, c)
 	v1, doc1, _ := devCredential(t, h, user.ID)
 	firstRefresh := doc1["refresh_token"].(string)
 	secrets := map[string]bool{firstRefresh: true, doc1["access_token"].(string): true}

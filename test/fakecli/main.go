@@ -5,6 +5,9 @@
 // and credential files at the real paths with the real shapes. It picks the
 // CLI by the name it is called as (install it as /usr/local/bin/codex etc.).
 //
+// `claude -p PROMPT …` and `gemini -p PROMPT …` run a prompt instead:
+// they print the real CLIs' stream-json output (prompt.go).
+//
 // `fakecli get URL` fetches a URL and prints the answer: tests use it inside
 // a VM to play the provider's redirect to the CLI's callback listener.
 //
@@ -42,8 +45,14 @@ func main() {
 	case "codex":
 		err = codex(args)
 	case "claude":
+		if isPromptRun(args) {
+			os.Exit(claudePrompt(args))
+		}
 		err = claude(args)
 	case "gemini":
+		if isPromptRun(args) {
+			os.Exit(geminiPrompt(args))
+		}
 		err = gemini()
 	default:
 		err = fmt.Errorf("fakecli: unknown CLI %q", name)

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+
 	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/login/devoauth"
@@ -192,6 +194,21 @@ func TestPromptsEndToEnd(t *testing.T) {
 		t.Fatal("the credential file in the VM differs from the sealed record after sync-back")
 	}
 
+	// The dashboard's prompt box, in a real headless Chromium: the
+	// connected provider is offered, the answer streams into the page.
+	b := newBrowserTab(t)
+	b.do(20*time.Second, "open the dashboard", chromedp.Navigate(dashboardURL(t, h)))
+	b.signIn(u.APIKey)
+	b.waitJS(30*time.Second, "the prompt box offers dev", `!document.querySelector("#prompt-panel").hidden && document.querySelector("#prompt-provider").value === "dev"`)
+	b.do(20*time.Second, "ask from the page",
+		chromedp.SendKeys(chromedp.CSS("#prompt-text"), "from the dashboard"),
+		chromedp.Click(chromedp.CSS("#prompt-run")),
+	)
+	b.waitJS(2*time.Minute, "the answer in the page", `document.querySelector("#prompt-state").dataset.state === "completed"`)
+	if got := b.text("#prompt-output"); got != devoauth.Answer(devoauth.DemoEmail, "from the dashboard") {
+		t.Fatalf("the dashboard shows %q", got)
+	}
+
 	// 2. SSE resume: read two events, drop the stream, resume from the
 	// last id: every event exactly once, numbered 1..n.
 	p2, err := c.CreatePrompt(ctx, api.CreatePromptRequest{Provider: "dev", Prompt: "resume me please"})
@@ -333,6 +350,24 @@ func TestPromptsEndToEnd(t *testing.T) {
 	if n := h.d.DevOAuth().RefreshReuses(); n != 0 {
 		t.Fatalf("the dev provider saw %d refresh-token reuses", n)
 	}
+
+	// A stop syncs back and clears the credential (the stopped disk holds
+	// no token); on start it is delivered again and prompts work.
+	if _, err := c.StopVM(ctx, vm3); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.GetVM(ctx, vm3); v.State != api.VMStopped || len(v.Providers) != 0 {
+		t.Fatalf("stopped VM: %s holding %v", v.State, v.Providers)
+	}
+	if _, err := c.StartVM(ctx, vm3); err != nil {
+		t.Fatal(err)
+	}
+	r = runPromptSSE(t, c, api.CreatePromptRequest{Provider: "dev", Prompt: "after a restart of the vm", VMID: vm3}, 4*time.Minute)
+	if r.final != api.PromptEventCompleted {
+		t.Fatalf("prompt after stop/start: %s %+v", r.final, r.end)
+	}
+	_, docAfter, _ = devCredential(t, h, user.ID)
+	secrets[docAfter["refresh_token"].(string)], secrets[docAfter["access_token"].(string)] = true, true
 
 	// 7. The first refresh token, replayed, is refused: rotation happened.
 	resp, err := http.PostForm(h.url+"/dev-oauth/token", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {firstRefresh}, "client_id": {"hangar-devcli"}})

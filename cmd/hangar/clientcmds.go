@@ -22,7 +22,27 @@ import (
 // apiClient builds a client from --server/--token, the environment, or the
 // local admin key.
 func (o *rootOptions) apiClient() (*client.Client, error) {
-	server := o.server
+	server, token := o.server, o.token
+	// --remote comes right after the explicit flags; the current remote
+	// after the environment.
+	for _, allowCurrent := range []bool{false, true} {
+		if allowCurrent && (server != "" || os.Getenv("HANGAR_SERVER") != "") {
+			break
+		}
+		r, ok, err := o.resolveRemote(allowCurrent)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if server == "" {
+				server = r.URL
+			}
+			if token == "" && server == r.URL && (!allowCurrent || os.Getenv("HANGAR_TOKEN") == "") {
+				token = r.Token
+			}
+			break
+		}
+	}
 	if server == "" {
 		server = os.Getenv("HANGAR_SERVER")
 	}
@@ -32,7 +52,6 @@ func (o *rootOptions) apiClient() (*client.Client, error) {
 	if !strings.Contains(server, "://") {
 		server = "http://" + server
 	}
-	token := o.token
 	if token == "" {
 		token = os.Getenv("HANGAR_TOKEN")
 	}
@@ -204,13 +223,3 @@ func newEventsCmd(o *rootOptions) *cobra.Command {
 	return cmd
 }
 
-func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), "hangar", daemon.Version)
-		},
-	}
-}

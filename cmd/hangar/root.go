@@ -10,6 +10,7 @@ type rootOptions struct {
 	token   string // API key for client commands
 	dataDir string // daemon data directory (serve, image, doctor, gc)
 	json    bool   // machine-readable output
+	remote  string // named remote for client commands
 }
 
 func newRootCmd() *cobra.Command {
@@ -25,6 +26,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&o.token, "token", "", "API key (env HANGAR_TOKEN, default: <data-dir>/admin.key when readable)")
 	pf.StringVar(&o.dataDir, "data-dir", "", "data directory (env HANGAR_DATA_DIR, default /var/lib/hangar as root, else ~/.local/share/hangar)")
 	pf.BoolVar(&o.json, "json", false, "print JSON instead of tables")
+	pf.StringVar(&o.remote, "remote", "", "named remote for client commands (hangar remote ls)")
 
 	root.AddCommand(
 		newServeCmd(o),
@@ -35,7 +37,8 @@ func newRootCmd() *cobra.Command {
 		newKeysCmd(o),
 		newAuthCmd(o),
 		newPromptCmd(o),
-		newVersionCmd(),
+		newVersionCmd(o),
+		newRemoteCmd(o),
 		newImageCmd(o),
 		newDoctorCmd(o),
 		newGCCmd(o),

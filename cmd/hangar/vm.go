@@ -16,7 +16,7 @@ import (
 
 func newVMCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, inspect and use VMs"}
-	cmd.AddCommand(vmCreateCmd(o), vmListCmd(o), vmShowCmd(o), vmExecCmd(o), vmLogsCmd(o), vmCpCmd(o),
+	cmd.AddCommand(vmCreateCmd(o), vmListCmd(o), vmShowCmd(o), vmExecCmd(o), vmShellCmd(o), vmLogsCmd(o), vmCpCmd(o),
 		vmStopCmd(o), vmStartCmd(o), vmRmCmd(o))
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/creds"
+	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/prompt"
 	"github.com/hangar-vm/hangar/internal/seal"
@@ -81,3 +82,14 @@ func (d *Daemon) Prompts() *prompt.Service { return d.prompts }
 
 // Credentials is the credential manager.
 func (d *Daemon) Credentials() *creds.Manager { return d.creds }
+
+// shells adapts the VM manager to the API's terminal route.
+type shells struct{ vms *vm.Manager }
+
+func (a shells) Shell(ctx context.Context, caller store.User, id string, req api.ShellRequest) (httpapi.Terminal, error) {
+	t, err := a.vms.Shell(ctx, caller, id, req)
+	if err != nil {
+		return nil, err
+	}
+	return t, nil
+}

@@ -106,3 +106,25 @@ type ExecFrame struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Error    string `json:"error,omitempty"`
 }
+
+// ShellControl is a text message on the terminal websocket of GET
+// /api/v1/vms/{id}/shell (query: rows, cols, user, term, and arg repeated
+// for a command instead of a login shell). Binary messages carry the
+// terminal's bytes both ways; the client sends {"type":"resize","rows",
+// "cols"}; the server sends {"type":"exit","exit_code"} when the command
+// ends, then closes.
+type ShellControl struct {
+	Type     string `json:"type"`
+	Rows     uint16 `json:"rows,omitempty"`
+	Cols     uint16 `json:"cols,omitempty"`
+	ExitCode int    `json:"exit_code,omitempty"`
+}
+
+// ShellRequest is an interactive terminal in a VM: a command (default a
+// login shell) on a pseudo-terminal of the given size.
+type ShellRequest struct {
+	Argv       []string
+	User       string // default root
+	Term       string // TERM, default xterm-256color
+	Rows, Cols uint16
+}

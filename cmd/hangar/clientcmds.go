@@ -222,4 +222,3 @@ func newEventsCmd(o *rootOptions) *cobra.Command {
 	cmd.Flags().Int64Var(&after, "after", 0, "start after this event id")
 	return cmd
 }
-

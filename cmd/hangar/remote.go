@@ -327,4 +327,3 @@ func newVersionCmd(o *rootOptions) *cobra.Command {
 		},
 	}
 }
-

@@ -114,4 +114,3 @@ func decodeErrorResponse(resp *http.Response) error {
 	}
 	return &Error{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message}
 }
-

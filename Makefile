@@ -16,7 +16,7 @@ TEST_TIMEOUT ?= 50m
 
 export HANGAR_STAGE_LOG ?= $(CURDIR)/.stages.log
 
-.PHONY: run test deps test-deps build images vet unit bench clean stage-summary
+.PHONY: install run test deps test-deps build images vet unit bench clean stage-summary
 
 ## run: install what is missing, build, build the guest images, start the daemon
 run: deps build images
@@ -26,6 +26,15 @@ run: deps build images
 	@echo "Try, in another terminal:  bin/hangar me   |   bin/hangar doctor   |   bin/hangar vm create base"
 	@echo
 	exec bin/hangar serve --data-dir $(DATA_DIR)
+
+## install: the binaries in $(PREFIX)/bin and the systemd unit (systemctl enable --now hangar)
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system
+	install -m 0755 bin/hangar bin/hangar-agent $(DESTDIR)$(PREFIX)/bin/
+	sed 's#/usr/local/bin/hangar#$(PREFIX)/bin/hangar#' deploy/systemd/hangar.service > $(DESTDIR)/etc/systemd/system/hangar.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; start it with: systemctl enable --now hangar   (logs: journalctl -u hangar)"
 
 ## test: the whole suite (installs and starts what the tests need)
 test:

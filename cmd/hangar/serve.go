@@ -32,7 +32,12 @@ Settings come from, in order: the embedded defaults, the JSON file given
 with --config, HANGAR_* environment variables, then these flags.
 
 On first start the daemon creates an admin user and writes its API key to
-<data-dir>/admin.key (mode 0600); local hangar commands read it from there.`,
+<data-dir>/admin.key (mode 0600); local hangar commands read it from there.
+
+Under systemd (Type=notify) it reports READY=1 once it serves. SIGHUP
+reloads the log level from the config file and environment; SIGTERM stops
+it gracefully (VMs keep running by default and the next daemon re-attaches
+them).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := config.Default()
@@ -66,9 +71,43 @@ On first start the daemon creates an admin user and writes its API key to
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("invalid configuration:\n%w", err)
 			}
-			log := newLogger(cfg)
+			level := new(slog.LevelVar)
+			log := newLogger(cfg, level)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
+			// SIGHUP reloads what is safe to change while serving: the log
+			// level (from the config file, then the environment). Anything
+			// else needs a restart, which VMs survive.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					_ = daemon.Notify("RELOADING=1")
+					next := config.Default()
+					err := error(nil)
+					if configFile != "" {
+						err = next.LoadFile(configFile)
+					}
+					if err == nil {
+						err = next.LoadEnv(os.LookupEnv)
+					}
+					if f.Changed("log-level") {
+						next.LogLevel = logLevel
+					}
+					var lvl slog.Level
+					if err == nil {
+						err = lvl.UnmarshalText([]byte(next.LogLevel))
+					}
+					if err != nil {
+						log.Warn("SIGHUP: configuration not reloaded", "err", err)
+					} else {
+						level.Set(lvl)
+						log.Info("SIGHUP: configuration reloaded", "log_level", next.LogLevel)
+					}
+					_ = daemon.Notify("READY=1")
+				}
+			}()
 			d, err := daemon.New(ctx, cfg, log)
 			if err != nil {
 				return err
@@ -87,10 +126,11 @@ On first start the daemon creates an admin user and writes its API key to
 	return cmd
 }
 
-func newLogger(cfg config.Config) *slog.Logger {
+func newLogger(cfg config.Config, level *slog.LevelVar) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
-	opts := &slog.HandlerOptions{Level: lvl}
+	level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}

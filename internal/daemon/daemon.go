@@ -238,6 +238,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- d.srv.Serve(d.ln) }()
 	d.log.Info("hangar is serving", "url", "http://"+d.ln.Addr().String(), "version", Version, "store", d.store.Dialect())
+	if err := notify("READY=1\nSTATUS=serving at http://" + d.ln.Addr().String()); err != nil {
+		d.log.Warn("tell systemd the daemon is ready", "err", err)
+	}
 	if d.Banner != nil {
 		fmt.Fprintf(d.Banner, "\nhangar %s is serving at http://%s\n  dashboard: http://%s/  (sign in with the admin API key)\n  store: %s\n  admin API key: %s\n  try: hangar me   |   hangar auth login dev   |   hangar vm create base\n\n",
 			Version, d.ln.Addr(), d.ln.Addr(), d.store.Dialect(), filepath.Join(d.cfg.DataDir, AdminKeyFile))
@@ -247,6 +250,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		d.log.Info("shutting down: finishing in-flight requests", "timeout", time.Duration(d.cfg.ShutdownTimeout))
+		_ = notify("STOPPING=1")
 	case serveErr = <-errc:
 		d.log.Error("API server stopped", "err", serveErr)
 	}

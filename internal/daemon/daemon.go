@@ -124,6 +124,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
 	d.api.MountShell(shells{d.vms})
+	d.api.MountWait(d.vms)
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}

@@ -128,3 +128,6 @@ type ShellRequest struct {
 	Term       string // TERM, default xterm-256color
 	Rows, Cols uint16
 }
+
+// CodeTimeout is the error code of a wait that timed out (408).
+const CodeTimeout = "timeout"

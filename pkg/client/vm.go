@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -54,6 +56,42 @@ func (c *Client) DeleteVM(ctx context.Context, id string) error {
 // WaitVM polls until the VM is in one of states (or failed/destroyed, which
 // end the wait with an error unless asked for), or ctx ends.
 func (c *Client) WaitVM(ctx context.Context, id string, states ...string) (api.VM, error) {
+	// The server waits (GET …/wait); a wait longer than a minute asks
+	// again. Servers without the route are polled.
+	q := url.Values{"state": {strings.Join(states, ",")}}
+	for {
+		timeout := time.Minute
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, time.Until(dl))
+		}
+		if timeout < time.Second {
+			timeout = time.Second
+		}
+		q.Set("timeout", timeout.Round(time.Second).String())
+		var vm api.VM
+		err := c.Do(ctx, http.MethodGet, "/api/v1/vms/"+url.PathEscape(id)+"/wait?"+q.Encode(), nil, &vm)
+		var ae *Error
+		switch {
+		case err == nil:
+			return vm, nil
+		case errors.As(err, &ae) && ae.Status == http.StatusRequestTimeout:
+			if ctx.Err() != nil {
+				return vm, fmt.Errorf("vm %s: %s: %w", id, ae.Message, ctx.Err())
+			}
+			continue
+		case errors.As(err, &ae) && ae.Status == http.StatusNotFound && ae.Code == api.CodeNotFound && strings.HasPrefix(ae.Message, "no route"):
+			return c.pollVM(ctx, id, states)
+		case ctx.Err() != nil:
+			got, _ := c.GetVM(context.WithoutCancel(ctx), id)
+			return got, fmt.Errorf("vm %s still %s: %w", id, got.State, ctx.Err())
+		default:
+			return vm, err
+		}
+	}
+}
+
+// pollVM is WaitVM for servers without the wait route.
+func (c *Client) pollVM(ctx context.Context, id string, states []string) (api.VM, error) {
 	want := map[string]bool{}
 	for _, s := range states {
 		want[s] = true

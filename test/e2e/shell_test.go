@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"context"
 	"errors"
+	"net/http"
 	"io"
 	"os/exec"
 	"strings"
@@ -20,7 +22,17 @@ import (
 func TestVMShell(t *testing.T) {
 	requireVMs(t, "base")
 	h := startDaemon(t, nil)
-	vm := h.createReady(h.admin, api.KindBase, 2*time.Minute)
+	vm := h.createReady(h.admin, api.KindBase, 2*time.Minute) // waits on the server (GET …/wait)
+	// The server-side wait: a state not reached in time is a 408 naming
+	// the current state; an unknown state a 400.
+	var got api.VM
+	err := h.admin.Do(context.Background(), "GET", "/api/v1/vms/"+vm.ID+"/wait?state=stopped&timeout=1s", nil, &got)
+	if !isStatus(err, http.StatusRequestTimeout) || !strings.Contains(err.Error(), "still ready") {
+		t.Fatalf("wait for stopped on a ready VM: %v, want 408 saying it is still ready", err)
+	}
+	if err := h.admin.Do(context.Background(), "GET", "/api/v1/vms/"+vm.ID+"/wait?state=asleep", nil, &got); !isStatus(err, http.StatusBadRequest) {
+		t.Fatalf("wait for an unknown state: %v, want 400", err)
+	}
 	bin := buildHangar(t)
 	cmd := exec.Command(bin, "--server", h.url, "--token", h.adminKey(t), "vm", "shell", vm.ID)
 	cmd.Env = append(cmd.Environ(), "TERM=xterm")

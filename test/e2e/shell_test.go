@@ -3,8 +3,8 @@ package e2e
 import (
 	"context"
 	"errors"
-	"net/http"
 	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"

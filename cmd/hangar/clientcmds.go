@@ -212,7 +212,13 @@ func newEventsCmd(o *rootOptions) *cobra.Command {
 			}
 			return c.Events(cmd.Context(), after, func(e api.Event) error {
 				if o.json {
-					return o.printJSON(cmd.OutOrStdout(), e)
+					// One object per line (NDJSON), for jq and scripts.
+					b, err := json.Marshal(e)
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
+					return err
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%d\t%s\t%s\t%s\t%s\n", e.ID, e.CreatedAt.Local().Format(time.TimeOnly), e.Type, e.Subject, e.Data)
 				return err

@@ -390,12 +390,12 @@ func (s *sqlStore) DeleteEventsBefore(ctx context.Context, before time.Time) (in
 
 // ---- VMs ----
 
-const vmCols = "id, owner_id, kind, state, last_error, spec, runtime, created_at, updated_at"
+const vmCols = "id, owner_id, kind, state, last_error, spec, runtime, created_at, updated_at, version"
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	err := sc.Scan(&v.ID, &v.OwnerID, &v.Kind, &v.State, &v.LastError,
-		bytesCol{&v.Spec}, bytesCol{&v.Runtime}, timeCol{&v.CreatedAt}, timeCol{&v.UpdatedAt})
+		bytesCol{&v.Spec}, bytesCol{&v.Runtime}, timeCol{&v.CreatedAt}, timeCol{&v.UpdatedAt}, &v.Version)
 	return v, err
 }
 
@@ -410,7 +410,7 @@ func (s *sqlStore) CreateVM(ctx context.Context, v VM) error {
 	if v.UpdatedAt.IsZero() {
 		v.UpdatedAt = v.CreatedAt
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`),
 		v.ID, v.OwnerID, v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime),
 		s.ts(v.CreatedAt), s.ts(v.UpdatedAt))
 	return mapErr("create vm "+v.ID, err)
@@ -444,12 +444,35 @@ func (s *sqlStore) ListVMs(ctx context.Context, ownerID string) ([]VM, error) {
 }
 
 // UpdateVM writes the mutable fields (kind, state, last error, spec,
-// runtime) and sets UpdatedAt to now.
+// runtime) over the version v was read at and sets UpdatedAt to now.
 func (s *sqlStore) UpdateVM(ctx context.Context, v VM) error {
 	updated := s.clock()
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE vms SET kind = ?, state = ?, last_error = ?, spec = ?, runtime = ?, updated_at = ? WHERE id = ?`),
-		v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime), s.ts(updated), v.ID)
-	return affected("update vm "+v.ID, res, err)
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE vms SET kind = ?, state = ?, last_error = ?, spec = ?, runtime = ?, updated_at = ?,
+		version = version + 1 WHERE id = ? AND version = ?`),
+		v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime), s.ts(updated), v.ID, v.Version)
+	return s.casResult(ctx, "update vm "+v.ID, "vms", v.ID, res, err)
+}
+
+// casResult turns the result of a compare-and-swap UPDATE ... WHERE id = ?
+// AND version = ? into nil, ErrConflict (the row is there at another
+// version: someone wrote first) or ErrNotFound (no such row).
+func (s *sqlStore) casResult(ctx context.Context, op, table, id string, res sql.Result, err error) error {
+	if err != nil {
+		return mapErr(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return mapErr(op, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	var cur int64
+	// table is one of two constants, never input.
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT version FROM `+table+` WHERE id = ?`), id).Scan(&cur); err != nil {
+		return mapErr(op, err) // sql.ErrNoRows: ErrNotFound
+	}
+	return fmt.Errorf("%s: stored version is %d: %w", op, cur, ErrConflict)
 }
 
 func (s *sqlStore) DeleteVM(ctx context.Context, id string) error {

@@ -18,7 +18,8 @@ var (
 	// ErrNotFound means the addressed record does not exist (or is not
 	// visible to the caller that asked for it).
 	ErrNotFound = errors.New("not found")
-	// ErrConflict means a uniqueness constraint refused the write.
+	// ErrConflict means a uniqueness constraint refused the write, or a
+	// compare-and-swap found a newer version than the one the writer read.
 	ErrConflict = errors.New("conflict")
 )
 
@@ -111,6 +112,9 @@ type VM struct {
 	Runtime   []byte // JSON: pid, sockets, boot phases, to re-attach after restart
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// Version counts writes (1 when created). UpdateVM writes only over
+	// the version the caller read.
+	Version int64
 }
 
 // Login session states. The login package owns the transitions; the store
@@ -141,6 +145,26 @@ type AuthSession struct {
 	// Details is a JSON object the login manager owns (OAuth URL, device
 	// code, phase timings); never a token.
 	Details []byte
+	// Version counts writes (1 when created). UpdateAuthSession writes
+	// only over the version the caller read.
+	Version int64
+}
+
+// NetworkPolicy is an admin's egress policy for one user, replacing the
+// per-kind defaults for all their VMs. It is not a credential: the user
+// cannot read its secret part or delete it. The upstream proxy URL may
+// hold a password, so it is sealed like a credential (Nonce, Ciphertext,
+// KeyVersion; empty Ciphertext: no proxy) and only ProxyHost is shown.
+type NetworkPolicy struct {
+	UserID     string
+	Mode       string   // off | full | allow
+	Allow      []string // CIDRs and domains when Mode is allow
+	ProxyHost  string   // scheme://host[:port] of the upstream proxy, never its credentials
+	Version    int64    // 1 for the first write, +1 on each rewrite; bound into the seal
+	KeyVersion int
+	Nonce      []byte
+	Ciphertext []byte
+	UpdatedAt  time.Time
 }
 
 // Credential is a user's sealed credential for one provider. The store
@@ -189,7 +213,10 @@ type Store interface {
 	// ListVMs lists VMs of ownerID, or of everyone when ownerID is "".
 	ListVMs(ctx context.Context, ownerID string) ([]VM, error)
 	// UpdateVM writes Kind, State, LastError, Spec and Runtime of v.ID and
-	// sets UpdatedAt to now.
+	// sets UpdatedAt to now, only if the stored version is still v.Version
+	// (compare-and-swap): ErrConflict when another write came first,
+	// ErrNotFound when there is no such VM. On success the stored version
+	// is v.Version+1.
 	UpdateVM(ctx context.Context, v VM) error
 	DeleteVM(ctx context.Context, id string) error
 
@@ -229,8 +256,10 @@ type Store interface {
 	// ListAuthSessions lists ownerID's sessions, or everyone's for "",
 	// oldest first.
 	ListAuthSessions(ctx context.Context, ownerID string) ([]AuthSession, error)
-	// UpdateAuthSession writes State, Error, VMID, ExpiresAt and FinishedAt
-	// and sets UpdatedAt to now.
+	// UpdateAuthSession writes State, Error, VMID, ExpiresAt, FinishedAt
+	// and Details and sets UpdatedAt to now, only if the stored version is
+	// still a.Version (compare-and-swap, as UpdateVM). On success the
+	// stored version is a.Version+1.
 	UpdateAuthSession(ctx context.Context, a AuthSession) error
 
 	// PutCredential stores a sealed credential with optimistic concurrency:
@@ -246,4 +275,13 @@ type Store interface {
 	// touching the sealed data or its version.
 	MarkCredentialValidated(ctx context.Context, ownerID, provider string, at time.Time) error
 	DeleteCredential(ctx context.Context, ownerID, provider string) error
+
+	// PutNetworkPolicy stores a user's network policy with the same
+	// optimistic concurrency as PutCredential: p.Version 1 creates it
+	// (ErrConflict if one exists), n > 1 replaces version n-1.
+	PutNetworkPolicy(ctx context.Context, p NetworkPolicy) (NetworkPolicy, error)
+	GetNetworkPolicy(ctx context.Context, userID string) (NetworkPolicy, error)
+	// ListNetworkPolicies lists every user's policy (key rotation, admins).
+	ListNetworkPolicies(ctx context.Context) ([]NetworkPolicy, error)
+	DeleteNetworkPolicy(ctx context.Context, userID string) error
 }

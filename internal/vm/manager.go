@@ -287,21 +287,35 @@ func (m *Manager) startBoot(id string) {
 	}()
 }
 
-// update applies fn to the stored VM and writes it back.
+// update applies fn to the stored VM and writes it back over the version
+// it read; when another write came first it reads again and re-applies fn
+// (so fn must only set fields). A state change fn makes is checked against
+// the state found (state.go), so no write brings a VM back from a state
+// another writer moved it to.
 func (m *Manager) update(ctx context.Context, id string, fn func(v *store.VM, rt *runtimeDoc)) (store.VM, error) {
-	v, err := m.store.GetVM(ctx, id, "")
-	if err != nil {
-		return store.VM{}, err
+	for attempt := 1; ; attempt++ {
+		v, err := m.store.GetVM(ctx, id, "")
+		if err != nil {
+			return store.VM{}, err
+		}
+		cur := v.State
+		var rt runtimeDoc
+		_ = json.Unmarshal(v.Runtime, &rt)
+		fn(&v, &rt)
+		if err := transition(id, cur, v.State); err != nil {
+			return store.VM{}, err
+		}
+		v.Runtime, _ = json.Marshal(rt)
+		v.UpdatedAt = time.Now().UTC()
+		err = m.store.UpdateVM(ctx, v)
+		if err == nil {
+			v.Version++
+			return v, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= updateAttempts {
+			return store.VM{}, err
+		}
 	}
-	var rt runtimeDoc
-	_ = json.Unmarshal(v.Runtime, &rt)
-	fn(&v, &rt)
-	v.Runtime, _ = json.Marshal(rt)
-	v.UpdatedAt = time.Now().UTC()
-	if err := m.store.UpdateVM(ctx, v); err != nil {
-		return store.VM{}, err
-	}
-	return v, nil
 }
 
 func (m *Manager) setState(ctx context.Context, id, state, lastError string) (store.VM, error) {

@@ -112,8 +112,12 @@ func (m *Manager) Heartbeat(ctx context.Context, caller store.User, id string) (
 	if terminal(s.State) {
 		return api.AuthSession{}, errs.E(errs.Conflict, "login session %s has ended (%s)", id, s.State)
 	}
-	s.ExpiresAt = time.Now().UTC().Add(m.cfg.HeartbeatTimeout)
-	if err := m.store.UpdateAuthSession(ctx, s); err != nil {
+	// Only the deadline changes, over the version read, so a login that
+	// ends meanwhile stays ended.
+	s, err = m.update(id, func(s *store.AuthSession, _ *details) {
+		s.ExpiresAt = time.Now().UTC().Add(m.cfg.HeartbeatTimeout)
+	})
+	if err != nil {
 		return api.AuthSession{}, err
 	}
 	return m.toAPI(s), nil
@@ -219,8 +223,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if terminal(s.State) {
 			continue
 		}
-		s.State, s.Error, s.FinishedAt = api.AuthFailed, "the daemon restarted during this login; start a new one", time.Now().UTC()
-		if err := m.store.UpdateAuthSession(ctx, s); err != nil {
+		s, err = m.update(s.ID, func(s *store.AuthSession, _ *details) {
+			s.State, s.Error, s.FinishedAt = api.AuthFailed, "the daemon restarted during this login; start a new one", time.Now().UTC()
+		})
+		if errors.Is(err, errEnded) {
+			continue // it ended meanwhile (another daemon on the same store)
+		}
+		if err != nil {
 			return err
 		}
 		m.publish(s, "auth_failed", map[string]string{"provider": s.Provider, "state": s.State, "error": s.Error})

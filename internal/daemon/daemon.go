@@ -23,6 +23,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/image"
 	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/netslot"
+	"github.com/hangar-vm/hangar/internal/seal"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
@@ -55,10 +56,12 @@ type Daemon struct {
 	// slots and policies are nil when VM networking is off.
 	slots    *netslot.Manager
 	policies *policies
-	logins   *login.Manager
-	srv      *http.Server
-	ln       net.Listener
-	closers  []closer // run in reverse order by Shutdown
+	// netKeys seals the upstream proxies of users' network policies.
+	netKeys *seal.Keyring
+	logins  *login.Manager
+	srv     *http.Server
+	ln      net.Listener
+	closers []closer // run in reverse order by Shutdown
 
 	// Banner, when set, receives a short human greeting once the API
 	// listens: where it is and where the admin key is.
@@ -116,6 +119,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
+	if err := d.mountNetworkPolicies(); err != nil {
+		return nil, err
+	}
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}

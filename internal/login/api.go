@@ -7,6 +7,7 @@ import (
 	"errors"
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/errs"
@@ -202,6 +203,11 @@ func (m *Manager) Credentials(ctx context.Context, caller store.User) ([]api.Cre
 
 // DeleteCredential removes the caller's credentials for provider.
 func (m *Manager) DeleteCredential(ctx context.Context, caller store.User, provider string) error {
+	// Only providers' records are the user's to delete; any other name
+	// (such as one an admin's record once lived under) is refused.
+	if m.recipes[provider] == nil {
+		return errs.E(errs.Invalid, "provider %q: want one of %s", provider, strings.Join(m.recipes.Names(), ", "))
+	}
 	err := m.store.DeleteCredential(ctx, caller.ID, provider)
 	if errors.Is(err, store.ErrNotFound) {
 		return errs.E(errs.NotFound, "no %s credentials stored", provider)

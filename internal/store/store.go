@@ -157,7 +157,7 @@ type AuthSession struct {
 // KeyVersion; empty Ciphertext: no proxy) and only ProxyHost is shown.
 type NetworkPolicy struct {
 	UserID     string
-	Mode       string   // off | full | allow
+	Mode       string   // none | full | allow
 	Allow      []string // CIDRs and domains when Mode is allow
 	ProxyHost  string   // scheme://host[:port] of the upstream proxy, never its credentials
 	Version    int64    // 1 for the first write, +1 on each rewrite; bound into the seal

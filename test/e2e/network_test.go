@@ -113,7 +113,7 @@ func TestNetworkEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.d.SetUserNetwork(ctx, bob.ID, &daemon.UserNetwork{Mode: "none"}); err != nil {
+	if _, err := h.admin.SetUserNetwork(ctx, bob.ID, api.PutNetworkPolicyRequest{Mode: api.EgressNone}); err != nil {
 		t.Fatal(err)
 	}
 	bobc := client.New(h.url, bob.APIKey)
@@ -173,7 +173,7 @@ func TestNetworkAllowList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.d.SetUserNetwork(ctx, carol.ID, &daemon.UserNetwork{Mode: "allow", Allow: []string{"10.99.0.2", "allowed.test"}}); err != nil {
+	if _, err := h.admin.SetUserNetwork(ctx, carol.ID, api.PutNetworkPolicyRequest{Mode: api.EgressAllow, Allow: []string{"10.99.0.2", "allowed.test"}}); err != nil {
 		t.Fatal(err)
 	}
 	cc := client.New(h.url, carol.APIKey)

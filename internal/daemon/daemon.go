@@ -114,6 +114,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	}
 	d.vms = vm.New(vm.Config{
 		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
+		MaxBrowserVMsPerUser: cfg.MaxBrowserVMsPerUser, MaxVCPUsPerUser: cfg.MaxVCPUsPerUser,
+		MaxMemoryMiBPerUser: cfg.MaxMemoryMiBPerUser, MaxDiskMiBPerUser: cfg.MaxDiskMiBPerUser,
 		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
 		StopOnClose: cfg.VMShutdownPolicy == "stop",
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))

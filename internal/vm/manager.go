@@ -56,6 +56,14 @@ type Config struct {
 	// MaxBrowserVMs counts browser VMs on this host not stopped or
 	// destroyed; 0 allows none.
 	MaxBrowserVMs int
+	// MaxBrowserVMsPerUser is the same count for one user's browser VMs,
+	// so one user cannot hold every slot; 0 means MaxBrowserVMs.
+	MaxBrowserVMsPerUser int
+	// MaxVCPUsPerUser, MaxMemoryMiBPerUser and MaxDiskMiBPerUser bound the
+	// totals over one user's VMs not destroyed (quota.go); 0 is no limit.
+	MaxVCPUsPerUser     int
+	MaxMemoryMiBPerUser int
+	MaxDiskMiBPerUser   int
 	// LogRetention is how long the logs of a destroyed VM are kept.
 	LogRetention time.Duration
 	// BootTimeout bounds the time from spawn to ready.
@@ -232,23 +240,8 @@ func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateV
 	if err != nil {
 		return api.VM{}, err
 	}
-	mine, browsers := 0, 0
-	for _, v := range all {
-		if v.State == api.VMDestroyed {
-			continue
-		}
-		if v.OwnerID == caller.ID {
-			mine++
-		}
-		if v.Kind == api.KindBrowser && v.State != api.VMStopped && v.State != api.VMFailed {
-			browsers++
-		}
-	}
-	if mine >= m.cfg.MaxVMsPerUser {
-		return api.VM{}, errs.E(errs.Quota, "you have %d VMs, the limit per user; delete one first", mine)
-	}
-	if req.Kind == api.KindBrowser && browsers >= m.cfg.MaxBrowserVMs {
-		return api.VM{}, errs.E(errs.Quota, "this host already runs %d browser VMs, its limit; try again when one ends", browsers)
+	if err := m.checkQuota(all, caller.ID, req.Kind, sp); err != nil {
+		return api.VM{}, err
 	}
 	spec, _ := json.Marshal(sp)
 	now := time.Now().UTC()

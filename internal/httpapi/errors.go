@@ -82,8 +82,15 @@ func writeError(w http.ResponseWriter, e *apiError) {
 
 // decodeJSON reads exactly one JSON object into v. Unknown fields are refused
 // with a message naming the field; bodies over the server's limit are 413.
+// The content type must say JSON (a form post from another site's page
+// cannot), and nothing may follow the object (a body that is two
+// documents is not one request).
 func decodeJSON(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	ct := r.Header.Get("Content-Type")
+	if mt, _, _ := strings.Cut(ct, ";"); strings.TrimSpace(strings.ToLower(mt)) != "application/json" {
+		if ct == "" {
+			return errorf(http.StatusUnsupportedMediaType, api.CodeBadRequest, "content type must be application/json; the request has none")
+		}
 		return errorf(http.StatusUnsupportedMediaType, api.CodeBadRequest, "content type must be application/json, not %q", ct)
 	}
 	dec := json.NewDecoder(r.Body)
@@ -109,8 +116,13 @@ func decodeJSON(r *http.Request, v any) error {
 			return badRequest("invalid JSON body: %v", err)
 		}
 	}
-	if dec.More() {
-		return badRequest("request body must hold a single JSON object")
+	// Token, unlike More, also sees a stray closing bracket.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
+		}
+		return badRequest("request body must hold a single JSON object; data follows it at byte %d", dec.InputOffset())
 	}
 	return nil
 }

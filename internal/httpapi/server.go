@@ -33,6 +33,9 @@ type Options struct {
 	RateWindow time.Duration
 	// MaxBodyBytes caps JSON request bodies.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds reading one request body (default 60 s, plus
+	// a second per 256 KiB of the route's body limit); see body.go.
+	BodyReadTimeout time.Duration
 	// Registry receives the HTTP metrics; nil makes a private one with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
@@ -253,7 +256,7 @@ func (s *Server) wrap(path string, acc access, maxBody int64, h handlerFunc) htt
 
 		err := s.authorize(w, r, acc, &r)
 		if err == nil {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			r.Body = &timedBody{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody), rc: http.NewResponseController(w), budget: s.bodyTimeout(maxBody)}
 			err = h(w, r)
 		}
 		if err != nil {

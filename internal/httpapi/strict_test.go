@@ -1,0 +1,101 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hangar-vm/hangar/internal/events"
+	"github.com/hangar-vm/hangar/internal/httpapi"
+	"github.com/hangar-vm/hangar/internal/store"
+	"github.com/hangar-vm/hangar/internal/testutil"
+	"github.com/hangar-vm/hangar/pkg/api"
+)
+
+// TestStrictJSON: a request body is exactly one JSON object sent as
+// application/json. Trailing data after the object (even a lone bracket,
+// which json.Decoder.More misses) and a missing or other content type are
+// refused before the handler sees the body.
+func TestStrictJSON(t *testing.T) {
+	e := newEnv(t, "sqlite", 1000)
+	cases := []struct {
+		name, ct, body string
+		status         int
+		want           string
+	}{
+		{"trailing bracket", "application/json", `{"name":"bob"}}`, 400, "data follows it"},
+		{"trailing garbage", "application/json", `{"name":"bob"} x`, 400, "data follows it"},
+		{"trailing array", "application/json", `{"name":"bob"}[]`, 400, "data follows it"},
+		{"no content type", "", `{"name":"bob"}`, 415, "application/json"},
+		{"form", "application/x-www-form-urlencoded", `{"name":"bob"}`, 415, "application/json"},
+		{"json lookalike", "application/jsonp", `{"name":"bob"}`, 415, "application/json"},
+		{"charset is fine", "application/json; charset=utf-8", `{"name":"carol"}`, 201, ""},
+		{"trailing space is fine", "application/json", "{\"name\":\"dave\"}\n\t ", 201, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, e.url+"/api/v1/users", strings.NewReader(c.body))
+			req.Header.Set("Authorization", "Bearer "+e.adminKey)
+			if c.ct != "" {
+				req.Header.Set("Content-Type", c.ct)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var er api.ErrorResponse
+			_ = json.NewDecoder(resp.Body).Decode(&er)
+			if resp.StatusCode != c.status || !strings.Contains(er.Error.Message, c.want) {
+				t.Fatalf("%d %q, want %d containing %q", resp.StatusCode, er.Error.Message, c.status, c.want)
+			}
+		})
+	}
+}
+
+// TestSlowBodyIsCut: a client that sends headers and then trickles (here:
+// stops sending) its body is answered and cut after the body read
+// timeout, instead of holding a handler forever.
+func TestSlowBodyIsCut(t *testing.T) {
+	log := testutil.Logger(t)
+	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "hangar.db"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv := httpapi.New(httpapi.Options{Store: st, Events: events.NewBus(st, log), Log: log, Version: "test",
+		RateLimit: 100, RateWindow: time.Minute, MaxBodyBytes: 4096, BodyReadTimeout: 300 * time.Millisecond})
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	u := store.User{ID: store.NewID("usr"), Name: "root", Role: store.RoleAdmin}
+	if err := st.CreateUser(t.Context(), u); err != nil {
+		t.Fatal(err)
+	}
+	key := httpapi.NewKey()
+	if err := st.CreateAPIKey(t.Context(), store.APIKey{ID: store.NewID("key"), UserID: u.ID, Hash: httpapi.HashKey(key), Prefix: key[:8]}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(hs.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	fmt.Fprintf(c, "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na", key)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body within 10s: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || time.Since(start) > 5*time.Second {
+		t.Fatalf("stalled body: %d after %s, want 400 after about 300ms", resp.StatusCode, time.Since(start))
+	}
+}

@@ -3,7 +3,10 @@ package store
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -131,4 +134,34 @@ func testNetworkPolicies(t *testing.T, s Store, _ string) {
 	must(t, s.DeleteUser(ctx, u.ID), "delete user")
 	_, err = s.GetNetworkPolicy(ctx, u.ID)
 	isNotFound(t, err, "policy of a deleted user")
+}
+
+// TestSQLiteFilesArePrivate: the database and its WAL are created 0600
+// whatever the umask, and a file left readable by others is tightened.
+func TestSQLiteFilesArePrivate(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	path := filepath.Join(t.TempDir(), "hangar.db")
+	s := openTest(t, path)
+	must(t, s.CreateUser(t.Context(), User{ID: NewID("usr"), Name: "alice"}), "write something")
+	for _, p := range []string{path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %04o, want 0600", filepath.Base(p), fi.Mode().Perm())
+		}
+	}
+	loose := filepath.Join(t.TempDir(), "old.db")
+	if err := os.WriteFile(loose, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(loose, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	openTest(t, loose)
+	if fi, _ := os.Stat(loose); fi.Mode().Perm() != 0o600 {
+		t.Errorf("a loose existing file kept mode %04o", fi.Mode().Perm())
+	}
 }

@@ -64,6 +64,9 @@ type Config struct {
 	BootTimeout Duration `json:"boot_timeout"`
 	// LogRetention is how long the console logs of destroyed VMs are kept.
 	LogRetention Duration `json:"log_retention"`
+	// EventRetention is how long events are kept; older ones are pruned
+	// every few minutes (an SSE client that far behind misses them).
+	EventRetention Duration `json:"event_retention"`
 	// LoginHeartbeatTimeout ends a login session nobody watches.
 	LoginHeartbeatTimeout Duration `json:"login_heartbeat_timeout"`
 	// BuildImages makes the daemon build missing guest images in the
@@ -149,6 +152,7 @@ func Default() Config {
 		MaxDiskMiBPerUser:     65536,
 		BootTimeout:           Duration(3 * time.Minute),
 		LogRetention:          Duration(7 * 24 * time.Hour),
+		EventRetention:        Duration(7 * 24 * time.Hour),
 		LoginHeartbeatTimeout: Duration(5 * time.Minute),
 		BuildImages:           true,
 
@@ -276,6 +280,11 @@ var envVars = []struct {
 		c.LoginHeartbeatTimeout = Duration(d)
 		return err
 	}},
+	{"HANGAR_EVENT_RETENTION", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.EventRetention = Duration(d)
+		return err
+	}},
 	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.LogRetention = Duration(d)
@@ -400,6 +409,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LogRetention <= 0 {
 		errs = append(errs, errors.New("log_retention must be positive"))
+	}
+	if time.Duration(c.EventRetention) < time.Minute {
+		errs = append(errs, errors.New("event_retention must be at least 1m"))
 	}
 	if time.Duration(c.BootTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("boot_timeout must be at least 5s"))

@@ -259,8 +259,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	return serveErr
 }
 
-// periodic runs housekeeping every few minutes: logs of destroyed VMs past
-// their retention, finished tasks and old events.
+// periodic runs housekeeping at start and every few minutes: logs of
+// destroyed VMs past their retention, finished tasks and events older than
+// event_retention.
 func (d *Daemon) periodic(ctx context.Context) {
 	t := time.NewTicker(5 * time.Minute)
 	defer t.Stop()
@@ -273,6 +274,11 @@ func (d *Daemon) periodic(ctx context.Context) {
 			d.log.Warn("prune finished tasks", "err", err)
 		} else if n > 0 {
 			d.log.Info("pruned finished tasks", "count", n)
+		}
+		if n, err := d.store.DeleteEventsBefore(ctx, time.Now().Add(-time.Duration(d.cfg.EventRetention))); err != nil && ctx.Err() == nil {
+			d.log.Warn("prune events", "err", err)
+		} else if n > 0 {
+			d.log.Info("pruned old events", "count", n, "retention", time.Duration(d.cfg.EventRetention))
 		}
 		select {
 		case <-ctx.Done():

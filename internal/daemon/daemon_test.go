@@ -193,3 +193,47 @@ func (td *testDaemon) adminKey(t *testing.T) string {
 	}
 	return strings.TrimSpace(string(key))
 }
+
+// TestOldEventsArePruned: events older than event_retention are deleted by
+// the daemon's housekeeping (it runs at start), newer ones are kept.
+func TestOldEventsArePruned(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(t.Context(), filepath.Join(dir, "hangar.db"), testutil.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := st.AppendEvent(t.Context(), store.Event{Type: "old", CreatedAt: time.Now().Add(-2 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recent, err := st.AppendEvent(t.Context(), store.Event{Type: "recent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	td := startDaemon(t, "", func(c *config.Config) {
+		c.DataDir = dir
+		c.EventRetention = config.Duration(time.Hour)
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, err := td.d.store.ListEvents(t.Context(), store.EventFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[int64]bool{}
+		for _, e := range evs {
+			ids[e.ID] = true
+		}
+		if !ids[old.ID] {
+			if !ids[recent.ID] {
+				t.Fatal("the recent event was pruned too")
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an event older than event_retention was not pruned")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

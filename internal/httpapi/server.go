@@ -33,6 +33,8 @@ type Options struct {
 	RateWindow time.Duration
 	// MaxBodyBytes caps JSON request bodies.
 	MaxBodyBytes int64
+	// MaxStreamsPerUser bounds one user's open event streams (default 16).
+	MaxStreamsPerUser int
 	// BodyReadTimeout bounds reading one request body (default 60 s, plus
 	// a second per 256 KiB of the route's body limit); see body.go.
 	BodyReadTimeout time.Duration
@@ -50,6 +52,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	limiter *limiter
+	streams *streamCounter
 	reg     *prometheus.Registry
 	mux     *http.ServeMux
 
@@ -72,6 +75,7 @@ func New(o Options) *Server {
 		opts:    o,
 		log:     o.Log,
 		limiter: newLimiter(o.RateLimit, o.RateWindow),
+		streams: newStreamCounter(o.MaxStreamsPerUser),
 		reg:     reg,
 		mux:     http.NewServeMux(),
 		closing: make(chan struct{}),

@@ -37,6 +37,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 		}
 		after = n
 	}
+	release, err := s.streams.acquire(u.ID)
+	if err != nil {
+		return err
+	}
+	defer release()
 	filter := store.EventFilter{UserID: u.Scope(), AfterID: after, Limit: 500}
 	// Subscribe before the first read so nothing appended in between is
 	// missed.

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -97,5 +98,75 @@ func TestSlowBodyIsCut(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest || time.Since(start) > 5*time.Second {
 		t.Fatalf("stalled body: %d after %s, want 400 after about 300ms", resp.StatusCode, time.Since(start))
+	}
+}
+
+// TestEventStreamsPerUserAreCapped: a user's open event streams are
+// bounded; a closed stream frees its slot; another user is unaffected.
+func TestEventStreamsPerUserAreCapped(t *testing.T) {
+	log := testutil.Logger(t)
+	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "hangar.db"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv := httpapi.New(httpapi.Options{Store: st, Events: events.NewBus(st, log), Log: log, Version: "test",
+		RateLimit: 100, RateWindow: time.Minute, MaxBodyBytes: 4096, MaxStreamsPerUser: 2})
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	keys := map[string]string{}
+	for _, name := range []string{"alice", "bob"} {
+		u := store.User{ID: store.NewID("usr"), Name: name, Role: store.RoleUser}
+		if err := st.CreateUser(t.Context(), u); err != nil {
+			t.Fatal(err)
+		}
+		key := httpapi.NewKey()
+		if err := st.CreateAPIKey(t.Context(), store.APIKey{ID: store.NewID("key"), UserID: u.ID, Hash: httpapi.HashKey(key), Prefix: key[:8]}); err != nil {
+			t.Fatal(err)
+		}
+		keys[name] = key
+	}
+	open := func(key string) (*http.Response, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(t.Context())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/api/v1/events", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		return resp, func() { cancel(); resp.Body.Close() }
+	}
+	r1, close1 := open(keys["alice"])
+	defer close1()
+	r2, close2 := open(keys["alice"])
+	defer close2()
+	if r1.StatusCode != 200 || r2.StatusCode != 200 {
+		t.Fatalf("first two streams: %d, %d", r1.StatusCode, r2.StatusCode)
+	}
+	r3, close3 := open(keys["alice"])
+	var er api.ErrorResponse
+	_ = json.NewDecoder(r3.Body).Decode(&er)
+	close3()
+	if r3.StatusCode != http.StatusTooManyRequests || !strings.Contains(er.Error.Message, "per user is 2: you have 2 open, 0 left") {
+		t.Fatalf("third stream: %d %q, want 429 naming the limit", r3.StatusCode, er.Error.Message)
+	}
+	rb, closeB := open(keys["bob"])
+	defer closeB()
+	if rb.StatusCode != 200 {
+		t.Fatalf("bob's stream: %d", rb.StatusCode)
+	}
+	close1()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, c := open(keys["alice"])
+		c()
+		if r.StatusCode == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a closed stream never freed its slot (%d)", r.StatusCode)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

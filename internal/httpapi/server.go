@@ -295,14 +295,22 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 		return nil
 	}
 	if acc == publicLimited {
-		if ok, retry := s.limiter.allow("addr:" + clientAddr(r)); !ok {
-			secs := max(int(retry.Seconds()+0.999), 1)
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+		d := s.limiter.allow("addr:" + clientAddr(r))
+		s.limiter.setHeaders(w, d)
+		if !d.ok {
+			return s.rateLimited(w, d.reset)
 		}
 		return nil
 	}
 	key, hasKey := bearer(r)
+	// An address that sent a window's worth of missing or wrong keys is
+	// refused before its key is looked up, so guessing keys costs the
+	// store nothing once limited. (Only failures count here: anonymous
+	// dashboard loads from a shared address must not lock out its users.)
+	failKey := "authfail:" + clientAddr(r)
+	if over, reset := s.limiter.exhausted(failKey); over {
+		return s.rateLimited(w, reset)
+	}
 	var user store.User
 	var authErr error
 	if !hasKey {
@@ -324,13 +332,13 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 	if authErr == nil {
 		limitKey = "user:" + user.ID
 	}
-	if ok, retry := s.limiter.allow(limitKey); !ok {
-		secs := int(retry.Seconds() + 0.999)
-		if secs < 1 {
-			secs = 1
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+	if authErr != nil {
+		s.limiter.allow(failKey)
+	}
+	d := s.limiter.allow(limitKey)
+	s.limiter.setHeaders(w, d)
+	if !d.ok {
+		return s.rateLimited(w, d.reset)
 	}
 	if authErr != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hangar"`)
@@ -343,6 +351,13 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 	ctx = context.WithValue(ctx, ctxLog, logFrom(ctx, s.log).With("user_id", user.ID))
 	*rp = r.WithContext(ctx)
 	return nil
+}
+
+// rateLimited is the 429 of a caller whose window resets in reset.
+func (s *Server) rateLimited(w http.ResponseWriter, reset time.Duration) error {
+	secs := seconds(reset)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
 }
 
 func bearer(r *http.Request) (string, bool) {

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,5 +170,49 @@ func TestEventStreamsPerUserAreCapped(t *testing.T) {
 			t.Fatalf("a closed stream never freed its slot (%d)", r.StatusCode)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// countingStore counts key lookups.
+type countingStore struct {
+	store.Store
+	lookups atomic.Int32
+}
+
+func (s *countingStore) LookupAPIKey(ctx context.Context, hash string) (store.APIKey, store.User, error) {
+	s.lookups.Add(1)
+	return s.Store.LookupAPIKey(ctx, hash)
+}
+
+// TestRateLimitBeforeKeyLookup: once an address used its window on wrong
+// keys, further guesses are refused without a store lookup; every answer
+// carries the RateLimit-* fields.
+func TestRateLimitBeforeKeyLookup(t *testing.T) {
+	log := testutil.Logger(t)
+	inner, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "hangar.db"), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inner.Close() })
+	st := &countingStore{Store: inner}
+	srv := httpapi.New(httpapi.Options{Store: st, Events: events.NewBus(st, log), Log: log, Version: "test",
+		RateLimit: 3, RateWindow: time.Minute, MaxBodyBytes: 4096})
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	for i := 1; i <= 10; i++ {
+		code, hdr, _ := raw(t, "GET", hs.URL+"/api/v1/me", "wrong-key-"+strconv.Itoa(i), "")
+		want := 401
+		if i > 3 {
+			want = 429
+		}
+		if code != want {
+			t.Fatalf("guess %d: %d, want %d", i, code, want)
+		}
+		if i <= 3 && (hdr.Get("RateLimit-Limit") != "3" || hdr.Get("RateLimit-Remaining") != strconv.Itoa(3-i) || hdr.Get("RateLimit-Reset") == "") {
+			t.Fatalf("guess %d: RateLimit headers %v", i, hdr)
+		}
+	}
+	if n := st.lookups.Load(); n != 3 {
+		t.Fatalf("%d key lookups for 10 guesses, want 3 (the limited ones cost nothing)", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestCompareAndSwap(t *testing.T) {
@@ -164,4 +165,36 @@ func TestSQLiteFilesArePrivate(t *testing.T) {
 	if fi, _ := os.Stat(loose); fi.Mode().Perm() != 0o600 {
 		t.Errorf("a loose existing file kept mode %04o", fi.Mode().Perm())
 	}
+}
+
+func TestAPIKeys(t *testing.T) {
+	forEachBackend(t, []storeCase{{"keys_expire_and_revoke", func(t *testing.T, s Store, _ string) {
+		ctx := t.Context()
+		alice := mkUser(t, s, "alice")
+		bob := mkUser(t, s, "bob")
+		k1 := APIKey{ID: NewID("key"), UserID: alice.ID, Hash: "h1", Prefix: "hgr_aaaa", Name: "laptop"}
+		k2 := APIKey{ID: NewID("key"), UserID: alice.ID, Hash: "h2", Prefix: "hgr_bbbb", ExpiresAt: time.Now().Add(time.Hour)}
+		k3 := APIKey{ID: NewID("key"), UserID: alice.ID, Hash: "h3", Prefix: "hgr_cccc", ExpiresAt: time.Now().Add(-time.Second)}
+		for _, k := range []APIKey{k1, k2, k3} {
+			must(t, s.CreateAPIKey(ctx, k), "create key %s", k.Prefix)
+		}
+		if k, u, err := s.LookupAPIKey(ctx, "h1"); err != nil || u.ID != alice.ID || k.Name != "laptop" || !k.ExpiresAt.IsZero() {
+			t.Fatalf("lookup h1 = %+v %+v %v", k, u, err)
+		}
+		if k, _, err := s.LookupAPIKey(ctx, "h2"); err != nil || k.ExpiresAt.IsZero() {
+			t.Fatalf("lookup h2 = %+v %v", k, err)
+		}
+		_, _, err := s.LookupAPIKey(ctx, "h3")
+		isNotFound(t, err, "an expired key")
+		keys, err := s.ListAPIKeys(ctx, alice.ID)
+		must(t, err, "list keys")
+		if len(keys) != 3 {
+			t.Fatalf("alice has %d keys, want 3", len(keys))
+		}
+		isNotFound(t, s.DeleteAPIKey(ctx, k1.ID, bob.ID), "bob revokes alice's key")
+		must(t, s.DeleteAPIKey(ctx, k1.ID, alice.ID), "alice revokes her key")
+		_, _, err = s.LookupAPIKey(ctx, "h1")
+		isNotFound(t, err, "a revoked key")
+		must(t, s.DeleteAPIKey(ctx, k2.ID, ""), "an admin revokes any key")
+	}}})
 }

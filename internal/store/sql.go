@@ -281,8 +281,8 @@ func (s *sqlStore) CreateAPIKey(ctx context.Context, k APIKey) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = s.clock()
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, user_id, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)`),
-		k.ID, k.UserID, k.Hash, k.Prefix, s.ts(k.CreatedAt))
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, user_id, hash, prefix, created_at, name, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		k.ID, k.UserID, k.Hash, k.Prefix, s.ts(k.CreatedAt), k.Name, s.nts(k.ExpiresAt))
 	return mapErr("create api key "+k.ID, err)
 }
 
@@ -292,16 +292,42 @@ func (s *sqlStore) LookupAPIKey(ctx context.Context, hash string) (APIKey, User,
 		u User
 	)
 	err := s.rdb.QueryRowContext(ctx, s.q(`
-		SELECT k.id, k.user_id, k.hash, k.prefix, k.created_at, u.id, u.name, u.role, u.created_at
+		SELECT k.id, k.user_id, k.hash, k.prefix, k.created_at, k.name, k.expires_at, u.id, u.name, u.role, u.created_at
 		FROM api_keys k JOIN users u ON u.id = k.user_id
-		WHERE k.hash = ?`), hash).Scan(
-		&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt},
+		WHERE k.hash = ? AND (k.expires_at IS NULL OR k.expires_at > ?)`), hash, s.ts(s.clock())).Scan(
+		&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt}, &k.Name, timeCol{&k.ExpiresAt},
 		&u.ID, &u.Name, &u.Role, timeCol{&u.CreatedAt})
 	if err != nil {
 		// The hash is not echoed: it identifies a key.
 		return APIKey{}, User{}, mapErr("lookup api key", err)
 	}
 	return k, u, nil
+}
+
+func scanAPIKey(sc interface{ Scan(...any) error }) (APIKey, error) {
+	var k APIKey
+	err := sc.Scan(&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt}, &k.Name, timeCol{&k.ExpiresAt})
+	return k, err
+}
+
+func (s *sqlStore) ListAPIKeys(ctx context.Context, userID string) ([]APIKey, error) {
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT id, user_id, hash, prefix, created_at, name, expires_at
+		FROM api_keys WHERE user_id = ? ORDER BY created_at, id`), userID)
+	if err != nil {
+		return nil, mapErr("list api keys", err)
+	}
+	return collect(rows, "list api keys", scanAPIKey)
+}
+
+func (s *sqlStore) DeleteAPIKey(ctx context.Context, id, userID string) error {
+	query := `DELETE FROM api_keys WHERE id = ?`
+	args := []any{id}
+	if userID != "" {
+		query += ` AND user_id = ?`
+		args = append(args, userID)
+	}
+	res, err := s.db.ExecContext(ctx, s.q(query), args...)
+	return affected("delete api key "+id, res, err)
 }
 
 // ---- events ----

@@ -54,6 +54,8 @@ type APIKey struct {
 	Hash      string // hex SHA-256 of the full key
 	Prefix    string // first characters of the key, safe to show
 	CreatedAt time.Time
+	Name      string    // the owner's label ("laptop", "ci"); may be empty
+	ExpiresAt time.Time // zero: never; after it the key no longer authenticates
 }
 
 // Event is one entry in the append-only event log. IDs increase
@@ -201,8 +203,14 @@ type Store interface {
 	CountUsers(ctx context.Context) (int, error)
 
 	CreateAPIKey(ctx context.Context, k APIKey) error
-	// LookupAPIKey finds the key by its hash and returns its user.
+	// LookupAPIKey finds the key by its hash and returns its user. An
+	// expired key is ErrNotFound, like an unknown one.
 	LookupAPIKey(ctx context.Context, hash string) (APIKey, User, error)
+	// ListAPIKeys lists userID's keys (expired ones included), oldest
+	// first.
+	ListAPIKeys(ctx context.Context, userID string) ([]APIKey, error)
+	// DeleteAPIKey revokes key id of userID ("" : any user's, admins).
+	DeleteAPIKey(ctx context.Context, id, userID string) error
 
 	AppendEvent(ctx context.Context, e Event) (Event, error)
 	ListEvents(ctx context.Context, f EventFilter) ([]Event, error)

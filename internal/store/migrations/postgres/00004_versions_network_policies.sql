@@ -7,6 +7,12 @@
 ALTER TABLE vms ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE auth_sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
 
+-- A user holds several API keys (one per machine or script), each with an
+-- optional expiry after which it no longer authenticates, and a name to
+-- tell them apart when revoking one.
+ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN expires_at TIMESTAMPTZ;
+
 -- An admin's network policy for one user. It used to live in the
 -- credentials table under a pseudo-provider, where the user could delete it
 -- like a credential and so lift the restriction. The upstream proxy URL
@@ -45,5 +51,7 @@ SELECT 'cred_' || md5(random()::text), user_id, 'hangar.network', version, key_v
        jsonb_build_object('mode', mode, 'allow', allow, 'proxy_host', proxy_host), updated_at, updated_at
 FROM network_policies;
 DROP TABLE network_policies;
+ALTER TABLE api_keys DROP COLUMN expires_at;
+ALTER TABLE api_keys DROP COLUMN name;
 ALTER TABLE auth_sessions DROP COLUMN version;
 ALTER TABLE vms DROP COLUMN version;

@@ -33,6 +33,7 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(o),
 		newVMCmd(o),
 		newKeysCmd(o),
+		newAPIKeyCmd(o),
 		newAuthCmd(o),
 		newVersionCmd(),
 		newImageCmd(o),

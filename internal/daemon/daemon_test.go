@@ -237,3 +237,46 @@ func TestOldEventsArePruned(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestAPIKeys: a user lists their keys, creates a second with an expiry,
+// revokes the first with it; the revoked key stops working at once and
+// another user cannot touch them.
+func TestAPIKeys(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			td := startDaemon(t, b.db(t), nil)
+			ctx := t.Context()
+			_, alice := td.user(t, "alice")
+			_, bob := td.user(t, "bob")
+			ks, err := alice.ListAPIKeys(ctx)
+			if err != nil || len(ks) != 1 || !ks[0].Current || ks[0].ExpiresAt != nil {
+				t.Fatalf("alice's keys = %+v, %v", ks, err)
+			}
+			first := ks[0].ID
+			if _, err := alice.CreateAPIKey(ctx, api.CreateAPIKeyRequest{ExpiresIn: "forever"}); !client.IsStatus(err, http.StatusBadRequest) {
+				t.Fatalf("bad expiry: %v, want 400", err)
+			}
+			k, err := alice.CreateAPIKey(ctx, api.CreateAPIKeyRequest{Name: "ci", ExpiresIn: "24h"})
+			if err != nil || k.Key == "" || k.ExpiresAt == nil || time.Until(*k.ExpiresAt) < 23*time.Hour || k.Name != "ci" {
+				t.Fatalf("create key = %+v, %v", k, err)
+			}
+			alice2 := client.New(td.url, k.Key)
+			if err := bob.RevokeAPIKey(ctx, first); !client.IsStatus(err, http.StatusNotFound) {
+				t.Fatalf("bob revokes alice's key: %v, want 404", err)
+			}
+			if err := alice2.RevokeAPIKey(ctx, first); err != nil {
+				t.Fatalf("revoke the first key: %v", err)
+			}
+			if _, err := alice.Me(ctx); !client.IsStatus(err, http.StatusUnauthorized) {
+				t.Fatalf("revoked key: %v, want 401", err)
+			}
+			if me, err := alice2.Me(ctx); err != nil || me.Name != "alice" {
+				t.Fatalf("second key: %+v, %v", me, err)
+			}
+			ks, err = alice2.ListAPIKeys(ctx)
+			if err != nil || len(ks) != 1 || ks[0].ID != k.ID || !ks[0].Current {
+				t.Fatalf("keys after revoke = %+v, %v", ks, err)
+			}
+		})
+	}
+}

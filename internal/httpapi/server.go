@@ -140,6 +140,7 @@ func (s *Server) routes() {
 	for _, rt := range table {
 		s.handle(rt)
 	}
+	s.mountKeys()
 	s.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
 	})
@@ -172,7 +173,14 @@ type ctxKey int
 const (
 	ctxUser ctxKey = iota
 	ctxLog
+	ctxKeyID // id of the API key the request authenticated with
 )
+
+// keyFrom returns the id of the API key the caller authenticated with.
+func keyFrom(ctx context.Context) string {
+	id, _ := ctx.Value(ctxKeyID).(string)
+	return id
+}
 
 // userFrom returns the authenticated caller.
 func userFrom(ctx context.Context) store.User {
@@ -312,14 +320,15 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 		return s.rateLimited(w, reset)
 	}
 	var user store.User
+	var keyID string
 	var authErr error
 	if !hasKey {
 		authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "missing API key: send Authorization: Bearer <key>")
 	} else {
-		_, u, err := s.opts.Store.LookupAPIKey(r.Context(), HashKey(key))
+		k, u, err := s.opts.Store.LookupAPIKey(r.Context(), HashKey(key))
 		switch {
 		case err == nil:
-			user = u
+			user, keyID = u, k.ID
 		case isNotFound(err):
 			authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "invalid API key")
 		default:
@@ -348,6 +357,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 		return errorf(http.StatusForbidden, api.CodeForbidden, "this needs an admin key")
 	}
 	ctx := context.WithValue(r.Context(), ctxUser, user)
+	ctx = context.WithValue(ctx, ctxKeyID, keyID)
 	ctx = context.WithValue(ctx, ctxLog, logFrom(ctx, s.log).With("user_id", user.ID))
 	*rp = r.WithContext(ctx)
 	return nil

@@ -18,13 +18,6 @@ import (
 	"github.com/hangar-vm/hangar/pkg/api"
 )
 
-// networkSealName is the provider name bound into the seal of a user's
-// upstream proxy URL (with the user id and the policy's version), so a
-// sealed proxy cannot be passed off as a credential or another user's.
-// Policies live in their own table, not among credentials: a user cannot
-// delete what an admin set on them.
-const networkSealName = "hangar.network"
-
 // policies implements vm.Policies from the config's per-kind defaults and
 // the users' own records.
 type policies struct {
@@ -73,18 +66,9 @@ func (p *policies) VMPolicy(ctx context.Context, ownerID, kind string) (netslot.
 	return pol, pol.Validate()
 }
 
-// sealRecord is the credential-shaped view of a policy the seal binds to.
-func sealRecord(np store.NetworkPolicy) store.Credential {
-	return store.Credential{OwnerID: np.UserID, Provider: networkSealName, Version: np.Version,
-		KeyVersion: np.KeyVersion, Nonce: np.Nonce, Ciphertext: np.Ciphertext}
-}
-
 // openProxy returns the sealed upstream proxy URL of np, nil when none.
 func openProxy(keys *seal.Keyring, np store.NetworkPolicy) ([]byte, error) {
-	if len(np.Ciphertext) == 0 {
-		return nil, nil
-	}
-	raw, err := keys.OpenRecord(sealRecord(np))
+	raw, err := keys.OpenNetworkProxy(np)
 	if err != nil {
 		return nil, fmt.Errorf("open the user's upstream proxy: %w", err)
 	}
@@ -232,11 +216,9 @@ func (d *Daemon) SetUserNetwork(ctx context.Context, userID string, req api.PutN
 		np.Version = old.Version + 1
 		np.KeyVersion, np.Nonce, np.Ciphertext = 0, nil, nil
 		if req.Proxy != "" {
-			c, err := d.netKeys.SealRecord(sealRecord(np), []byte(req.Proxy))
-			if err != nil {
+			if np, err = d.netKeys.SealNetworkProxy(np, []byte(req.Proxy)); err != nil {
 				return api.NetworkPolicy{}, err
 			}
-			np.KeyVersion, np.Nonce, np.Ciphertext = c.KeyVersion, c.Nonce, c.Ciphertext
 		}
 		out, err := d.store.PutNetworkPolicy(ctx, np)
 		if err == nil {

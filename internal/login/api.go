@@ -59,7 +59,7 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.Au
 	if err != nil {
 		return api.AuthSession{}, err
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // List returns the caller's sessions (admin: all).
@@ -70,7 +70,7 @@ func (m *Manager) List(ctx context.Context, caller store.User) ([]api.AuthSessio
 	}
 	out := make([]api.AuthSession, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, m.toAPI(s))
+		out = append(out, m.toAPIFor(caller, s))
 	}
 	return out, nil
 }
@@ -88,7 +88,7 @@ func (m *Manager) Cancel(ctx context.Context, caller store.User, id string) (api
 		return api.AuthSession{}, err
 	}
 	if terminal(s.State) {
-		return m.toAPI(s), nil
+		return m.toAPIFor(caller, s), nil
 	}
 	if rn := m.liveRun(id); rn != nil {
 		rn.cancel(errCancelled)
@@ -101,7 +101,7 @@ func (m *Manager) Cancel(ctx context.Context, caller store.User, id string) (api
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // Heartbeat keeps a watched session alive.
@@ -121,7 +121,7 @@ func (m *Manager) Heartbeat(ctx context.Context, caller store.User, id string) (
 	if err != nil {
 		return api.AuthSession{}, err
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // Input types text into the login CLI's prompt (a pasted code).

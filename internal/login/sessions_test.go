@@ -3,6 +3,7 @@ package login
 import (
 	"context"
 	"errors"
+	"net/url"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/events"
+	"github.com/hangar-vm/hangar/internal/liveview"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -207,5 +209,58 @@ func TestRecoverEndsLeftoverSessions(t *testing.T) {
 				t.Fatalf("enqueued %v, want one vm.destroy", h.tasks.kinds)
 			}
 		})
+	}
+}
+
+// TestLiveViewIsTheOwners: an admin who can read every session gets no
+// live-view link from it; the owner does, with full control, and can share
+// a view-only link whose restriction is signed into the token.
+func TestLiveViewIsTheOwners(t *testing.T) {
+	h := newHarness(t, backends[0].dsn(t))
+	signer := liveview.NewSigner()
+	h.m.live = signer
+	root := store.User{ID: store.NewID("usr"), Name: "root", Role: store.RoleAdmin}
+	if err := h.st.CreateUser(t.Context(), root); err != nil {
+		t.Fatal(err)
+	}
+	s := h.session(t, api.AuthAwaitingUser)
+	claims := func(link string) liveview.Claims {
+		t.Helper()
+		u, err := url.Parse(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := signer.Verify(u.Query().Get("token"), s.ID)
+		if err != nil {
+			t.Fatalf("token of %q: %v", link, err)
+		}
+		return c
+	}
+	got, err := h.m.Get(t.Context(), root, s.ID)
+	if err != nil || got.LiveViewURL != "" {
+		t.Fatalf("admin reads alice's session: live view %q, %v; want none", got.LiveViewURL, err)
+	}
+	if all, _ := h.m.List(t.Context(), root); len(all) != 1 || all[0].LiveViewURL != "" {
+		t.Fatalf("admin lists sessions with live views: %+v", all)
+	}
+	mine, err := h.m.Get(t.Context(), h.alice, s.ID)
+	if err != nil || mine.LiveViewURL == "" || claims(mine.LiveViewURL).ViewOnly {
+		t.Fatalf("alice's own live view = %q, %v; want a full-control link", mine.LiveViewURL, err)
+	}
+	if _, err := h.m.Share(t.Context(), root, s.ID); err == nil {
+		t.Fatal("an admin shared alice's live view")
+	}
+	sh, err := h.m.Share(t.Context(), h.alice, s.ID)
+	if err != nil || !sh.ViewOnly {
+		t.Fatalf("share = %+v, %v", sh, err)
+	}
+	if c := claims(sh.LiveViewURL); !c.ViewOnly || c.OwnerID != h.alice.ID {
+		t.Fatalf("shared token claims %+v, want view-only for alice", c)
+	}
+	if _, err := h.m.setState(s.ID, api.AuthCompleted, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.m.Share(t.Context(), h.alice, s.ID); err == nil {
+		t.Fatal("shared the live view of an ended login")
 	}
 }

@@ -105,6 +105,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes,
 		Root: dashboard.Handler(),
 	})
+	// The API's event poller reads the store: it stops before the store
+	// closes (Close is idempotent; Serve's shutdown calls it first).
+	d.closers = append(d.closers, closer{"api", func(context.Context) error { d.api.Close(); return nil }})
 	d.runner = tasks.NewRunner(st, log.With("component", "tasks"), time.Duration(cfg.TaskLease))
 
 	d.images = newImageCache(cfg.DataDir, log.With("component", "image"))

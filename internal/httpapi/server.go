@@ -91,6 +91,11 @@ func New(o Options) *Server {
 	}
 	reg.MustRegister(s.requests, s.latency)
 	s.routes()
+	if o.Events != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-s.closing; cancel() }()
+		go o.Events.Poll(ctx, ssePoll)
+	}
 	return s
 }
 

@@ -402,6 +402,14 @@ func (s *sqlStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, erro
 	return collect(rows, "list events", scanEvent)
 }
 
+func (s *sqlStore) LastEventID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := s.rdb.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM events`).Scan(&id); err != nil {
+		return 0, mapErr("last event id", err)
+	}
+	return id, nil
+}
+
 func (s *sqlStore) DeleteEventsBefore(ctx context.Context, before time.Time) (int64, error) {
 	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM events WHERE created_at < ?`), s.ts(before))
 	if err != nil {

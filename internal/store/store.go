@@ -214,6 +214,8 @@ type Store interface {
 
 	AppendEvent(ctx context.Context, e Event) (Event, error)
 	ListEvents(ctx context.Context, f EventFilter) ([]Event, error)
+	// LastEventID is the id of the newest event, 0 when there is none.
+	LastEventID(ctx context.Context) (int64, error)
 
 	CreateVM(ctx context.Context, v VM) error
 	// GetVM returns the VM; ownerID "" means any owner (admin).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
 
@@ -118,5 +119,41 @@ func TestTransitions(t *testing.T) {
 		if (err == nil) != c.ok {
 			t.Errorf("%s -> %s: err %v, want ok=%v", c.cur, c.next, err, c.ok)
 		}
+	}
+}
+
+// TestConcurrentDestroys: a user's destroy racing the login's destroy task
+// both succeed, the VM ends destroyed once (one vm_destroyed event).
+func TestConcurrentDestroys(t *testing.T) {
+	h := newHarness(t, backends[0].dsn(t), &fakeDriver{}, Config{})
+	ctx := t.Context()
+	v, err := h.m.Create(ctx, h.alice, api.CreateVMRequest{Kind: api.KindBrowser})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.waitState(t, v.ID, api.VMReady)
+	errc := make(chan error, 2)
+	go func() { errc <- h.m.Destroy(ctx, h.alice, v.ID) }()
+	go func() { errc <- h.m.RunDestroyTask(ctx, []byte(`{"vm_id":"`+v.ID+`"}`)) }()
+	for range 2 {
+		if err := <-errc; err != nil {
+			if e, ok := errs.As(err); !ok || e.Kind != errs.NotFound {
+				t.Errorf("destroy: %v", err)
+			}
+		}
+	}
+	h.waitState(t, v.ID, api.VMDestroyed)
+	evs, err := h.st.ListEvents(ctx, store.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range evs {
+		if e.Type == "vm_destroyed" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d vm_destroyed events, want 1", n)
 	}
 }

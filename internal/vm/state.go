@@ -2,6 +2,7 @@ package vm
 
 import (
 	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
 
@@ -40,7 +41,9 @@ var from = map[string][]string{
 // and why not.
 func transition(id, cur, next string) error {
 	if cur == api.VMDestroyed {
-		return errs.E(errs.NotFound, "vm %s not found (destroyed)", id)
+		// store.ErrNotFound underneath: to every caller a destroyed VM is
+		// as gone as a deleted record.
+		return errs.Wrap(errs.NotFound, store.ErrNotFound, "vm %s not found (destroyed)", id)
 	}
 	if cur == next {
 		return nil

@@ -48,8 +48,8 @@ func FuzzDecodeJSON(f *testing.F) {
 			}
 			return
 		}
-		if !json.Valid([]byte(body)) {
-			t.Fatalf("accepted %q, which is not one valid JSON value", body)
+		if !json.Valid([]byte(body)) || !strings.HasPrefix(strings.TrimLeft(body, " \t\r\n"), "{") {
+			t.Fatalf("accepted %q, which is not one valid JSON object", body)
 		}
 		want := mk()
 		if err := json.Unmarshal([]byte(body), want); err != nil {

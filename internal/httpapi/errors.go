@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -93,7 +94,13 @@ func decodeJSON(r *http.Request, v any) error {
 		}
 		return errorf(http.StatusUnsupportedMediaType, api.CodeBadRequest, "content type must be application/json, not %q", ct)
 	}
-	dec := json.NewDecoder(r.Body)
+	// Every request body is an object: null, a list or a bare value would
+	// otherwise decode as an empty request.
+	br := bufio.NewReader(r.Body)
+	if c, err := firstNonSpace(br); err == nil && c != '{' {
+		return badRequest("request body must be a JSON object, not %s", jsonKind(c))
+	}
+	dec := json.NewDecoder(br)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
@@ -125,4 +132,36 @@ func decodeJSON(r *http.Request, v any) error {
 		return badRequest("request body must hold a single JSON object; data follows it at byte %d", dec.InputOffset())
 	}
 	return nil
+}
+
+// firstNonSpace peeks at the first byte after JSON white space.
+func firstNonSpace(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		switch b {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		return b, br.UnreadByte()
+	}
+}
+
+// jsonKind names the JSON value a first byte starts.
+func jsonKind(c byte) string {
+	switch {
+	case c == '[':
+		return "a list"
+	case c == 'n':
+		return "null"
+	case c == '"':
+		return "a string"
+	case c == 't' || c == 'f':
+		return "a boolean"
+	case c == '-' || (c >= '0' && c <= '9'):
+		return "a number"
+	}
+	return "malformed JSON"
 }

@@ -39,6 +39,9 @@ func TestStrictJSON(t *testing.T) {
 		{"no content type", "", `{"name":"bob"}`, 415, "application/json"},
 		{"form", "application/x-www-form-urlencoded", `{"name":"bob"}`, 415, "application/json"},
 		{"json lookalike", "application/jsonp", `{"name":"bob"}`, 415, "application/json"},
+		{"null", "application/json", `null`, 400, "not null"},
+		{"list", "application/json", `[{"name":"bob"}]`, 400, "not a list"},
+		{"number", "application/json", ` 5`, 400, "not a number"},
 		{"charset is fine", "application/json; charset=utf-8", `{"name":"carol"}`, 201, ""},
 		{"trailing space is fine", "application/json", "{\"name\":\"dave\"}\n\t ", 201, ""},
 	}

@@ -157,7 +157,7 @@ func (c *Client) Events(ctx context.Context, lastID int64, fn func(api.Event) er
 	}
 	defer resp.Body.Close()
 	var fnErr error
-	err = readSSE(resp.Body, func(data []byte) error {
+	err = readEventData(resp.Body, func(data []byte) error {
 		var ev api.Event
 		if err := json.Unmarshal(data, &ev); err != nil {
 			fnErr = fmt.Errorf("decode event: %w", err)

@@ -11,14 +11,14 @@ import (
 // rather than growing the buffer without end.
 const maxEventBytes = 4 << 20
 
-// readSSE parses a server-sent event stream as the HTML standard defines
+// readEventData parses a server-sent event stream as the HTML standard defines
 // it and calls fn with each event's data: "data:" with or without one
 // space after the colon, several data lines of one event joined by "\n",
 // CRLF, CR or LF line ends, comments (":") and other fields (id, event,
 // retry) skipped, an event ending at a blank line. It returns fn's error,
 // or the reader's (nil at a clean EOF; an unfinished event is dropped, as
 // the standard says).
-func readSSE(r io.Reader, fn func(data []byte) error) error {
+func readEventData(r io.Reader, fn func(data []byte) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxEventBytes+16)
 	sc.Split(scanSSELines)

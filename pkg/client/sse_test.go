@@ -9,8 +9,8 @@ import (
 func parseAll(t *testing.T, stream string) []string {
 	t.Helper()
 	var got []string
-	if err := readSSE(strings.NewReader(stream), func(d []byte) error { got = append(got, string(d)); return nil }); err != nil {
-		t.Fatalf("readSSE(%q): %v", stream, err)
+	if err := readEventData(strings.NewReader(stream), func(d []byte) error { got = append(got, string(d)); return nil }); err != nil {
+		t.Fatalf("readEventData(%q): %v", stream, err)
 	}
 	return got
 }
@@ -44,7 +44,7 @@ func TestReadSSE(t *testing.T) {
 		})
 	}
 	stop := errors.New("stop")
-	if err := readSSE(strings.NewReader("data: a\n\ndata: b\n\n"), func([]byte) error { return stop }); !errors.Is(err, stop) {
+	if err := readEventData(strings.NewReader("data: a\n\ndata: b\n\n"), func([]byte) error { return stop }); !errors.Is(err, stop) {
 		t.Fatalf("callback error = %v, want it returned", err)
 	}
 }
@@ -74,6 +74,6 @@ func FuzzReadSSE(f *testing.F) {
 			t.Fatalf("data %q came back as %q", norm, got)
 		}
 		// Arbitrary bytes: no panic, no error but the callback's.
-		_ = readSSE(strings.NewReader(data), func([]byte) error { return nil })
+		_ = readEventData(strings.NewReader(data), func([]byte) error { return nil })
 	})
 }

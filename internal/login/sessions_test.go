@@ -41,6 +41,7 @@ type noVMs struct{}
 func (noVMs) Create(context.Context, store.User, api.CreateVMRequest) (api.VM, error) {
 	return api.VM{}, errors.New("no vms in this test")
 }
+
 // CreateFor is the VM manager's create-with-purpose (issue 9's VMs
 // interface has it); present here so the fake fits either.
 func (noVMs) CreateFor(context.Context, store.User, api.CreateVMRequest, string) (api.VM, error) {

@@ -450,6 +450,48 @@ func (s *sqlStore) CreateVM(ctx context.Context, v VM) error {
 	return mapErr("create vm "+v.ID, err)
 }
 
+// pgVMCreateLockKey orders checked VM creates on Postgres ("hangarvm").
+const pgVMCreateLockKey = 0x68616e676172766d
+
+func (s *sqlStore) CreateVMChecked(ctx context.Context, v VM, check func(existing []VM) error) error {
+	if v.ID == "" || v.OwnerID == "" {
+		return errors.New("create vm: id and owner are required")
+	}
+	now := s.clock()
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = now
+	}
+	if v.UpdatedAt.IsZero() {
+		v.UpdatedAt = v.CreatedAt
+	}
+	return s.withTx(ctx, "create vm "+v.ID, func(tx *sql.Tx) error {
+		if s.dialect == DialectPostgres {
+			// Under READ COMMITTED two transactions would both read the
+			// old rows; the lock makes the second wait for the first's
+			// commit and then read its insert. (SQLite's BEGIN IMMEDIATE
+			// already holds the one write lock.)
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(`+strconv.FormatInt(pgVMCreateLockKey, 10)+`)`); err != nil {
+				return mapErr("create vm: lock", err)
+			}
+		}
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT `+vmCols+` FROM vms WHERE state <> ?`), "destroyed")
+		if err != nil {
+			return mapErr("create vm: list", err)
+		}
+		existing, err := collect(rows, "create vm: list", scanVM)
+		if err != nil {
+			return err
+		}
+		if err := check(existing); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`),
+			v.ID, v.OwnerID, v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime),
+			s.ts(v.CreatedAt), s.ts(v.UpdatedAt))
+		return mapErr("create vm "+v.ID, err)
+	})
+}
+
 func (s *sqlStore) GetVM(ctx context.Context, id, ownerID string) (VM, error) {
 	query := `SELECT ` + vmCols + ` FROM vms WHERE id = ?`
 	args := []any{id}

@@ -218,6 +218,11 @@ type Store interface {
 	LastEventID(ctx context.Context) (int64, error)
 
 	CreateVM(ctx context.Context, v VM) error
+	// CreateVMChecked creates v only if check, given every VM not
+	// destroyed, returns nil; check's error is returned as is. No other
+	// CreateVMChecked runs between the read and the insert, in this process
+	// or another on the same database, so a quota check cannot be raced.
+	CreateVMChecked(ctx context.Context, v VM, check func(existing []VM) error) error
 	// GetVM returns the VM; ownerID "" means any owner (admin).
 	GetVM(ctx context.Context, id, ownerID string) (VM, error)
 	// ListVMs lists VMs of ownerID, or of everyone when ownerID is "".

@@ -157,8 +157,9 @@ type harness struct {
 	alice store.User
 }
 
-// newHarness opens a fresh store on dsn, makes a user and a manager over d.
-func newHarness(t *testing.T, dsn string, d *fakeDriver, cfg Config) *harness {
+// newHarness opens a store on dsn and makes a manager over d, and a user
+// alice unless one is given (a second harness on the same database).
+func newHarness(t *testing.T, dsn string, d *fakeDriver, cfg Config, user ...store.User) *harness {
 	t.Helper()
 	ctx := t.Context()
 	log := testutil.Logger(t)
@@ -168,7 +169,9 @@ func newHarness(t *testing.T, dsn string, d *fakeDriver, cfg Config) *harness {
 	}
 	t.Cleanup(func() { st.Close() })
 	alice := store.User{ID: store.NewID("usr"), Name: "alice", Role: store.RoleUser}
-	if err := st.CreateUser(ctx, alice); err != nil {
+	if len(user) > 0 {
+		alice = user[0]
+	} else if err := st.CreateUser(ctx, alice); err != nil {
 		t.Fatalf("create user: %v", err)
 	}
 	// Unix socket paths are short: keep the data dir out of t.TempDir's

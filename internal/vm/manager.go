@@ -98,8 +98,6 @@ type Manager struct {
 	slots    *netslot.Manager
 	policies Policies
 
-	// createMu serialises quota checks with the inserts they allow.
-	createMu sync.Mutex
 	// reconcileMu serialises reconciliation passes.
 	reconcileMu sync.Mutex
 
@@ -234,19 +232,15 @@ func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateV
 	if err != nil {
 		return api.VM{}, err
 	}
-	m.createMu.Lock()
-	defer m.createMu.Unlock()
-	all, err := m.store.ListVMs(ctx, "")
-	if err != nil {
-		return api.VM{}, err
-	}
-	if err := m.checkQuota(all, caller.ID, req.Kind, sp); err != nil {
-		return api.VM{}, err
-	}
 	spec, _ := json.Marshal(sp)
 	now := time.Now().UTC()
 	v := store.VM{ID: store.NewID("vm"), OwnerID: caller.ID, Kind: req.Kind, State: api.VMCreating, Spec: spec, Runtime: []byte("{}"), CreatedAt: now, UpdatedAt: now}
-	if err := m.store.CreateVM(ctx, v); err != nil {
+	// The quota check and the insert are one step in the store, so two
+	// creates (in this daemon or another on the same database) cannot both
+	// pass on the last share.
+	if err := m.store.CreateVMChecked(ctx, v, func(all []store.VM) error {
+		return m.checkQuota(all, caller.ID, req.Kind, sp)
+	}); err != nil {
 		return api.VM{}, err
 	}
 	m.log.Info("vm created", "vm_id", v.ID, "user_id", caller.ID, "kind", v.Kind, "vcpus", sp.VCPUs, "memory_mib", sp.MemoryMiB)

@@ -8,11 +8,10 @@ import (
 	"github.com/hangar-vm/hangar/pkg/api"
 )
 
-// Quotas are checked in Create under createMu, over the same list of VMs
-// the insert then extends, so two creates of one daemon cannot both pass
-// on the last share. (Two daemons on one Postgres store would need the
-// check and the insert in one transaction; hangar runs one daemon per
-// store today.)
+// Quotas are checked in Create inside the store's CreateVMChecked, over the
+// VMs that transaction reads, so the check and the insert it allows are one
+// step: parallel creates, in one daemon or several on one Postgres, cannot
+// overshoot a limit.
 //
 // Every quota error names the setting, the limit, what the user (or the
 // host) uses and what is left, so the user knows what to free.

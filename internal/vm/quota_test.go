@@ -111,3 +111,42 @@ func TestDiskAndMemoryTotals(t *testing.T) {
 		t.Fatalf("another user's VMs count against alice: %v", err)
 	}
 }
+
+// TestQuotaHoldsAcrossDaemons: two managers with their own store handles
+// on one database (two daemons) create in parallel; together they never
+// overshoot a user's total, because the check and the insert are one
+// transaction in the store, not one mutex in a process.
+func TestQuotaHoldsAcrossDaemons(t *testing.T) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dsn := b.dsn(t)
+			cfg := Config{MaxVCPUsPerUser: 6, MaxBrowserVMs: 50, MaxBrowserVMsPerUser: 50}
+			h1 := newHarness(t, dsn, &fakeDriver{noAgent: true}, cfg)
+			h2 := newHarness(t, dsn, &fakeDriver{noAgent: true}, cfg, h1.alice)
+			var ok, refused atomic.Int32
+			var wg sync.WaitGroup
+			for i := range 16 {
+				m := h1.m
+				if i%2 == 1 {
+					m = h2.m
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := m.Create(t.Context(), h1.alice, api.CreateVMRequest{Kind: api.KindBrowser, VCPUs: 1})
+					if err == nil {
+						ok.Add(1)
+					} else if e, isE := errs.As(err); isE && e.Kind == errs.Quota {
+						refused.Add(1)
+					} else {
+						t.Errorf("create: %v", err)
+					}
+				}()
+			}
+			wg.Wait()
+			if ok.Load() != 6 || refused.Load() != 10 {
+				t.Fatalf("%d created, %d refused; want 6 and 10", ok.Load(), refused.Load())
+			}
+		})
+	}
+}

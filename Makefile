@@ -11,7 +11,9 @@ VERSION    ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -s -w -X github.com/hangar-vm/hangar/internal/daemon.Version=$(VERSION)
 STAGE      := ./scripts/stage.sh
 # Packages whose tests exercise concurrency run under the race detector.
-RACE_PKGS  := ./internal/store/... ./internal/tasks/... ./internal/events/... ./internal/agent/... ./internal/agentlink/... ./internal/creds/... ./internal/prompt/...
+RACE_PKGS  := ./internal/store/... ./internal/tasks/... ./internal/events/... ./internal/agent/... ./internal/agentlink/... \
+              ./internal/vm/... ./internal/login/... ./internal/daemon/... ./internal/config/... \
+              ./internal/creds/... ./internal/prompt/...
 TEST_TIMEOUT ?= 50m
 
 export HANGAR_STAGE_LOG ?= $(CURDIR)/.stages.log

@@ -17,7 +17,7 @@ import (
 
 func newAuthCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "auth", Short: "Connect CLI subscriptions (codex, claude, gemini, dev) and manage stored credentials"}
-	cmd.AddCommand(authLoginCmd(o), authListCmd(o), authCredsCmd(o), authLogoutCmd(o))
+	cmd.AddCommand(authLoginCmd(o), authListCmd(o), authCredsCmd(o), authLogoutCmd(o), authShareCmd(o))
 	return cmd
 }
 

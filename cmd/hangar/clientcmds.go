@@ -195,7 +195,7 @@ func newUserCmd(o *rootOptions) *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
-	cmd.AddCommand(create, ls, rm)
+	cmd.AddCommand(create, ls, rm, newUserNetworkCmd(o))
 	return cmd
 }
 

@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		newEventsCmd(o),
 		newVMCmd(o),
 		newKeysCmd(o),
+		newAPIKeyCmd(o),
 		newAuthCmd(o),
 		newPromptCmd(o),
 		newVersionCmd(o),

@@ -49,10 +49,24 @@ type Config struct {
 	MaxVMsPerUser int `json:"max_vms_per_user"`
 	// MaxBrowserVMs caps running browser VMs on this host.
 	MaxBrowserVMs int `json:"max_browser_vms"`
+	// MaxBrowserVMsPerUser caps one user's running browser VMs (each
+	// login holds one), so one user cannot take every MaxBrowserVMs slot
+	// and block everyone else's logins.
+	MaxBrowserVMsPerUser int `json:"max_browser_vms_per_user"`
+	// MaxVCPUsPerUser, MaxMemoryMiBPerUser and MaxDiskMiBPerUser cap the
+	// totals of one user's VMs that are not destroyed (a stopped VM keeps
+	// its share, so starting it again never fails on a quota). Disk counts
+	// each persistent VM's upper disk; browser VMs keep theirs in memory.
+	MaxVCPUsPerUser     int `json:"max_vcpus_per_user"`
+	MaxMemoryMiBPerUser int `json:"max_memory_mib_per_user"`
+	MaxDiskMiBPerUser   int `json:"max_disk_mib_per_user"`
 	// BootTimeout bounds a VM's boot, from spawn to ready.
 	BootTimeout Duration `json:"boot_timeout"`
 	// LogRetention is how long the console logs of destroyed VMs are kept.
 	LogRetention Duration `json:"log_retention"`
+	// EventRetention is how long events are kept; older ones are pruned
+	// every few minutes (an SSE client that far behind misses them).
+	EventRetention Duration `json:"event_retention"`
 	// LoginHeartbeatTimeout ends a login session nobody watches.
 	LoginHeartbeatTimeout Duration `json:"login_heartbeat_timeout"`
 	// BuildImages makes the daemon build missing guest images in the
@@ -162,6 +176,11 @@ func Default() Config {
 		LogRetention:           Duration(7 * 24 * time.Hour),
 		LoginHeartbeatTimeout:  Duration(5 * time.Minute),
 		BuildImages:            true,
+		MaxBrowserVMsPerUser:   1,
+		MaxVCPUsPerUser:        16,
+		MaxMemoryMiBPerUser:    32768,
+		MaxDiskMiBPerUser:      65536,
+		EventRetention:         Duration(7 * 24 * time.Hour),
 
 		VMShutdownPolicy:  "leave",
 		ReconcileInterval: Duration(time.Minute),
@@ -257,6 +276,26 @@ var envVars = []struct {
 		c.MaxBrowserVMs = n
 		return err
 	}},
+	{"HANGAR_MAX_BROWSER_VMS_PER_USER", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxBrowserVMsPerUser = n
+		return err
+	}},
+	{"HANGAR_MAX_VCPUS_PER_USER", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxVCPUsPerUser = n
+		return err
+	}},
+	{"HANGAR_MAX_MEMORY_MIB_PER_USER", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxMemoryMiBPerUser = n
+		return err
+	}},
+	{"HANGAR_MAX_DISK_MIB_PER_USER", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.MaxDiskMiBPerUser = n
+		return err
+	}},
 	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.BootTimeout = Duration(d)
@@ -265,6 +304,11 @@ var envVars = []struct {
 	{"HANGAR_LOGIN_HEARTBEAT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.LoginHeartbeatTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_EVENT_RETENTION", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.EventRetention = Duration(d)
 		return err
 	}},
 	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
@@ -380,11 +424,26 @@ func (c *Config) Validate() error {
 	if c.MaxBrowserVMs < 0 {
 		errs = append(errs, errors.New("max_browser_vms must not be negative"))
 	}
+	if c.MaxBrowserVMsPerUser < 0 {
+		errs = append(errs, errors.New("max_browser_vms_per_user must not be negative"))
+	}
+	if c.MaxVCPUsPerUser < 1 {
+		errs = append(errs, errors.New("max_vcpus_per_user must be at least 1"))
+	}
+	if c.MaxMemoryMiBPerUser < 128 {
+		errs = append(errs, errors.New("max_memory_mib_per_user must be at least 128"))
+	}
+	if c.MaxDiskMiBPerUser < 0 {
+		errs = append(errs, errors.New("max_disk_mib_per_user must not be negative"))
+	}
 	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
 	}
 	if c.LogRetention <= 0 {
 		errs = append(errs, errors.New("log_retention must be positive"))
+	}
+	if time.Duration(c.EventRetention) < time.Minute {
+		errs = append(errs, errors.New("event_retention must be at least 1m"))
 	}
 	if time.Duration(c.BootTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("boot_timeout must be at least 5s"))

@@ -27,6 +27,7 @@ import (
 	"github.com/hangar-vm/hangar/internal/login/devoauth"
 	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/prompt"
+	"github.com/hangar-vm/hangar/internal/seal"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/internal/tasks"
 	"github.com/hangar-vm/hangar/internal/vm"
@@ -59,6 +60,8 @@ type Daemon struct {
 	// slots and policies are nil when VM networking is off.
 	slots    *netslot.Manager
 	policies *policies
+	// netKeys seals the upstream proxies of users' network policies.
+	netKeys  *seal.Keyring
 	logins   *login.Manager
 	prompts  *prompt.Service
 	creds    *creds.Manager
@@ -109,6 +112,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes,
 		Root: dashboard.Handler(),
 	})
+	// The API's event poller reads the store: it stops before the store
+	// closes (Close is idempotent; Serve's shutdown calls it first).
+	d.closers = append(d.closers, closer{"api", func(context.Context) error { d.api.Close(); return nil }})
 	d.runner = tasks.NewRunner(st, log.With("component", "tasks"), time.Duration(cfg.TaskLease))
 
 	d.images = newImageCache(cfg.DataDir, log.With("component", "image"))
@@ -118,6 +124,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	}
 	d.vms = vm.New(vm.Config{
 		DataDir: cfg.DataDir, MaxVMsPerUser: cfg.MaxVMsPerUser, MaxBrowserVMs: cfg.MaxBrowserVMs,
+		MaxBrowserVMsPerUser: cfg.MaxBrowserVMsPerUser, MaxVCPUsPerUser: cfg.MaxVCPUsPerUser,
+		MaxMemoryMiBPerUser: cfg.MaxMemoryMiBPerUser, MaxDiskMiBPerUser: cfg.MaxDiskMiBPerUser,
 		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
 		StopOnClose: cfg.VMShutdownPolicy == "stop",
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
@@ -125,6 +133,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.api.MountVMs(d.vms)
 	d.api.MountShell(shells{d.vms})
 	d.api.MountWait(d.vms)
+	if err := d.mountNetworkPolicies(); err != nil {
+		return nil, err
+	}
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}
@@ -270,8 +281,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	return serveErr
 }
 
-// periodic runs housekeeping every few minutes: logs of destroyed VMs past
-// their retention, finished tasks and old events.
+// periodic runs housekeeping at start and every few minutes: logs of
+// destroyed VMs past their retention, finished tasks and events older than
+// event_retention.
 func (d *Daemon) periodic(ctx context.Context) {
 	t := time.NewTicker(5 * time.Minute)
 	defer t.Stop()
@@ -284,6 +296,11 @@ func (d *Daemon) periodic(ctx context.Context) {
 			d.log.Warn("prune finished tasks", "err", err)
 		} else if n > 0 {
 			d.log.Info("pruned finished tasks", "count", n)
+		}
+		if n, err := d.store.DeleteEventsBefore(ctx, time.Now().Add(-time.Duration(d.cfg.EventRetention))); err != nil && ctx.Err() == nil {
+			d.log.Warn("prune events", "err", err)
+		} else if n > 0 {
+			d.log.Info("pruned old events", "count", n, "retention", time.Duration(d.cfg.EventRetention))
 		}
 		select {
 		case <-ctx.Done():

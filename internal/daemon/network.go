@@ -2,43 +2,21 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
-	"time"
 
 	"github.com/hangar-vm/hangar/internal/config"
+	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/seal"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
-
-// UserNetworkRecord is the pseudo-provider under which a user's own network
-// policy is kept in the credentials table: its sealed payload is the
-// upstream proxy URL (with credentials), its metadata the egress mode and
-// allow-list. Sealing, versioning and key rotation are the credentials'.
-const UserNetworkRecord = "hangar.network"
-
-// UserNetwork is a user's own network policy, replacing the per-kind
-// default for all their VMs. Proxy is an http:// or socks5:// URL with
-// optional user:password; it is only ever used on the host side.
-type UserNetwork struct {
-	Mode  string   `json:"mode"`
-	Allow []string `json:"allow,omitempty"`
-	Proxy string   `json:"proxy,omitempty"`
-}
-
-// userNetworkMeta is the unsealed part: never the proxy's credentials.
-type userNetworkMeta struct {
-	Mode      string   `json:"mode"`
-	Allow     []string `json:"allow,omitempty"`
-	ProxyHost string   `json:"proxy_host,omitempty"`
-}
 
 // policies implements vm.Policies from the config's per-kind defaults and
 // the users' own records.
@@ -61,7 +39,7 @@ func toPolicy(mode string, allow []string) (netslot.Policy, error) {
 
 // VMPolicy implements vm.Policies.
 func (p *policies) VMPolicy(ctx context.Context, ownerID, kind string) (netslot.Policy, error) {
-	c, err := p.store.GetCredential(ctx, ownerID, UserNetworkRecord)
+	np, err := p.store.GetNetworkPolicy(ctx, ownerID)
 	if errors.Is(err, store.ErrNotFound) {
 		d, ok := p.defaults[kind]
 		if !ok {
@@ -72,17 +50,13 @@ func (p *policies) VMPolicy(ctx context.Context, ownerID, kind string) (netslot.
 	if err != nil {
 		return netslot.Policy{}, err
 	}
-	var meta userNetworkMeta
-	if err := json.Unmarshal(c.Metadata, &meta); err != nil {
-		return netslot.Policy{}, fmt.Errorf("user network record: %w", err)
-	}
-	pol, err := toPolicy(meta.Mode, meta.Allow)
+	pol, err := toPolicy(np.Mode, np.Allow)
 	if err != nil {
 		return pol, err
 	}
-	raw, err := p.keys.OpenRecord(c)
+	raw, err := openProxy(p.keys, np)
 	if err != nil {
-		return pol, fmt.Errorf("open the user's upstream proxy: %w", err)
+		return pol, err
 	}
 	if len(raw) > 0 {
 		if pol.Upstream, err = url.Parse(string(raw)); err != nil {
@@ -90,6 +64,15 @@ func (p *policies) VMPolicy(ctx context.Context, ownerID, kind string) (netslot.
 		}
 	}
 	return pol, pol.Validate()
+}
+
+// openProxy returns the sealed upstream proxy URL of np, nil when none.
+func openProxy(keys *seal.Keyring, np store.NetworkPolicy) ([]byte, error) {
+	raw, err := keys.OpenNetworkProxy(np)
+	if err != nil {
+		return nil, fmt.Errorf("open the user's upstream proxy: %w", err)
+	}
+	return raw, nil
 }
 
 // setupNetwork starts the network slot manager when networking is enabled
@@ -107,11 +90,8 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 		d.log.Warn("vm networking needs root; VMs get no network device (set network.enabled=false to silence this)")
 		return nil
 	}
-	keys, err := seal.Open(d.cfg.DataDir, os.LookupEnv)
-	if err != nil {
-		return fmt.Errorf("keyring for upstream proxies: %w", err)
-	}
 	nc := netslot.Config{Prefix: n.Prefix, HostNetNS: n.HostNetNS, PoolSize: n.PoolSize, DNSUpstream: n.DNSUpstream, Logger: d.log.With("component", "netslot")}
+	var err error
 	if n.PoolCIDR != "" {
 		if nc.PoolCIDR, err = netip.ParsePrefix(n.PoolCIDR); err != nil {
 			return fmt.Errorf("network.pool_cidr: %w", err)
@@ -138,92 +118,128 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 		return fmt.Errorf("network slots: %w", err)
 	}
 	d.slots = mgr
-	d.policies = &policies{defaults: n.Egress, store: d.store, keys: keys}
+	d.policies = &policies{defaults: n.Egress, store: d.store, keys: d.netKeys}
 	d.vms.SetNetwork(mgr, d.policies)
 	d.closers = append(d.closers, closer{"network", mgr.Close})
-	d.api.MountAdmin("PUT /api/v1/users/{id}/network", d.handleUserNetwork)
-	d.api.MountAdmin("DELETE /api/v1/users/{id}/network", d.handleUserNetwork)
 	return nil
 }
 
-// SetUserNetwork stores a user's own network policy (nil removes it, back
-// to the per-kind defaults). It applies to VMs booted afterwards.
-func (d *Daemon) SetUserNetwork(ctx context.Context, userID string, un *UserNetwork) error {
-	if d.policies == nil {
-		return errors.New("vm networking is off")
-	}
-	if _, err := d.store.GetUser(ctx, userID); err != nil {
-		return err
-	}
-	old, err := d.store.GetCredential(ctx, userID, UserNetworkRecord)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	if un == nil {
-		if err == nil {
-			return d.store.DeleteCredential(ctx, userID, UserNetworkRecord)
-		}
-		return nil
-	}
-	pol, err := toPolicy(un.Mode, un.Allow)
+// mountNetworkPolicies serves the admin's per-user network policies. They
+// are kept (and can be set) even while VM networking is off, so turning it
+// on never boots a restricted user's VM with the default policy.
+func (d *Daemon) mountNetworkPolicies() error {
+	keys, err := seal.Open(d.cfg.DataDir, os.LookupEnv)
 	if err != nil {
-		return err
+		return fmt.Errorf("keyring for upstream proxies: %w", err)
 	}
-	meta := userNetworkMeta{Mode: un.Mode, Allow: un.Allow}
-	if un.Proxy != "" {
-		u, err := url.Parse(un.Proxy)
+	d.netKeys = keys
+	d.api.MountAdminFunc("GET /api/v1/users/{id}/network", func(w http.ResponseWriter, r *http.Request) error {
+		p, err := d.UserNetwork(r.Context(), r.PathValue("id"))
 		if err != nil {
-			return errors.New("proxy: not a URL") // never echo it: it may hold a password
+			return err
+		}
+		httpapi.WriteJSON(w, http.StatusOK, p)
+		return nil
+	})
+	d.api.MountAdminFunc("PUT /api/v1/users/{id}/network", func(w http.ResponseWriter, r *http.Request) error {
+		var req api.PutNetworkPolicyRequest
+		if err := httpapi.DecodeJSON(r, &req); err != nil {
+			return err
+		}
+		p, err := d.SetUserNetwork(r.Context(), r.PathValue("id"), req)
+		if err != nil {
+			return err
+		}
+		httpapi.WriteJSON(w, http.StatusOK, p)
+		return nil
+	})
+	d.api.MountAdminFunc("DELETE /api/v1/users/{id}/network", func(w http.ResponseWriter, r *http.Request) error {
+		if err := d.DeleteUserNetwork(r.Context(), r.PathValue("id")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+	return nil
+}
+
+func toAPINetwork(p store.NetworkPolicy) api.NetworkPolicy {
+	return api.NetworkPolicy{UserID: p.UserID, Mode: p.Mode, Allow: p.Allow, ProxyHost: p.ProxyHost, Version: p.Version, UpdatedAt: p.UpdatedAt}
+}
+
+// UserNetwork returns a user's own network policy.
+func (d *Daemon) UserNetwork(ctx context.Context, userID string) (api.NetworkPolicy, error) {
+	p, err := d.store.GetNetworkPolicy(ctx, userID)
+	if errors.Is(err, store.ErrNotFound) {
+		return api.NetworkPolicy{}, errs.E(errs.NotFound, "user %s has no network policy of their own (the per-kind defaults apply)", userID)
+	}
+	if err != nil {
+		return api.NetworkPolicy{}, err
+	}
+	return toAPINetwork(p), nil
+}
+
+// netPutAttempts bounds retries of a policy write that keeps losing the
+// version compare-and-swap to another admin's write.
+const netPutAttempts = 5
+
+// SetUserNetwork stores a user's own network policy, replacing the per-kind
+// defaults for their VMs booted afterwards. Errors never echo the proxy
+// URL: it may hold a password.
+func (d *Daemon) SetUserNetwork(ctx context.Context, userID string, req api.PutNetworkPolicyRequest) (api.NetworkPolicy, error) {
+	if _, err := d.store.GetUser(ctx, userID); errors.Is(err, store.ErrNotFound) {
+		return api.NetworkPolicy{}, errs.E(errs.NotFound, "user %s not found", userID)
+	} else if err != nil {
+		return api.NetworkPolicy{}, err
+	}
+	pol, err := toPolicy(req.Mode, req.Allow)
+	if err != nil {
+		return api.NetworkPolicy{}, errs.E(errs.Invalid, "%v", err)
+	}
+	np := store.NetworkPolicy{UserID: userID, Mode: req.Mode, Allow: req.Allow}
+	if req.Proxy != "" {
+		u, err := url.Parse(req.Proxy)
+		if err != nil {
+			return api.NetworkPolicy{}, errs.E(errs.Invalid, "proxy: not a URL")
 		}
 		pol.Upstream = u
 		if err := pol.Validate(); err != nil {
-			return err
+			return api.NetworkPolicy{}, errs.E(errs.Invalid, "proxy: must be http:// or socks5:// with a host")
 		}
-		meta.ProxyHost = u.Scheme + "://" + u.Host
+		np.ProxyHost = u.Scheme + "://" + u.Host
 	}
-	metaJSON, _ := json.Marshal(meta)
-	now := time.Now().UTC()
-	c := store.Credential{ID: old.ID, OwnerID: userID, Provider: UserNetworkRecord, Version: old.Version + 1, Metadata: metaJSON, CapturedAt: now, UpdatedAt: now}
-	if c.ID == "" {
-		c.ID = store.NewID("cred")
+	for attempt := 1; ; attempt++ {
+		old, err := d.store.GetNetworkPolicy(ctx, userID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return api.NetworkPolicy{}, err
+		}
+		np.Version = old.Version + 1
+		np.KeyVersion, np.Nonce, np.Ciphertext = 0, nil, nil
+		if req.Proxy != "" {
+			if np, err = d.netKeys.SealNetworkProxy(np, []byte(req.Proxy)); err != nil {
+				return api.NetworkPolicy{}, err
+			}
+		}
+		out, err := d.store.PutNetworkPolicy(ctx, np)
+		if err == nil {
+			d.log.Info("user network policy set", "user_id", userID, "mode", np.Mode, "proxy_host", np.ProxyHost, "version", out.Version)
+			return toAPINetwork(out), nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= netPutAttempts {
+			return api.NetworkPolicy{}, err
+		}
 	}
-	if c, err = d.policies.keys.SealRecord(c, []byte(un.Proxy)); err != nil {
-		return err
+}
+
+// DeleteUserNetwork removes a user's own policy: the per-kind defaults
+// apply to their VMs booted afterwards.
+func (d *Daemon) DeleteUserNetwork(ctx context.Context, userID string) error {
+	err := d.store.DeleteNetworkPolicy(ctx, userID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errs.E(errs.NotFound, "user %s has no network policy of their own", userID)
 	}
-	_, err = d.store.PutCredential(ctx, c)
+	if err == nil {
+		d.log.Info("user network policy removed", "user_id", userID)
+	}
 	return err
-}
-
-// handleUserNetwork serves PUT and DELETE /api/v1/users/{id}/network; the
-// API server lets only admin keys through. Errors never echo the body: the
-// proxy URL may hold a password.
-func (d *Daemon) handleUserNetwork(w http.ResponseWriter, r *http.Request) {
-	var un *UserNetwork
-	if r.Method == http.MethodPut {
-		un = &UserNetwork{}
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(un); err != nil {
-			writeErr(w, http.StatusBadRequest, "body must be {mode, allow, proxy}")
-			return
-		}
-	}
-	if err := d.SetUserNetwork(r.Context(), r.PathValue("id"), un); err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, store.ErrNotFound) {
-			status = http.StatusNotFound
-		}
-		writeErr(w, status, err.Error())
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// writeErr writes the API's JSON error shape.
-func writeErr(w http.ResponseWriter, status int, msg string) {
-	code := api.CodeBadRequest
-	if status == http.StatusNotFound {
-		code = api.CodeNotFound
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(api.ErrorResponse{Error: api.ErrorBody{Code: code, Message: msg}})
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/hangar-vm/hangar/internal/store"
 )
@@ -45,6 +46,13 @@ func (b *Bus) Publish(ctx context.Context, userID, typ, subject string, data any
 		return store.Event{}, fmt.Errorf("append event %s: %w", typ, err)
 	}
 	b.log.Debug("event", "event_id", ev.ID, "type", typ, "user_id", userID, "subject", subject)
+	b.wakeAll()
+	return ev, nil
+}
+
+// wakeAll wakes every subscriber (a non-blocking send: a subscriber that
+// has not consumed its last wake-up reads everything new anyway).
+func (b *Bus) wakeAll() {
 	b.mu.Lock()
 	for ch := range b.subs {
 		select {
@@ -53,7 +61,38 @@ func (b *Bus) Publish(ctx context.Context, userID, typ, subject string, data any
 		}
 	}
 	b.mu.Unlock()
-	return ev, nil
+}
+
+// Poll wakes every subscriber when the store holds an event newer than
+// the last it saw, checking every interval until ctx ends. It is how events
+// appended by another daemon on the same Postgres reach this one's streams:
+// one cheap query per interval for the whole daemon, instead of a read per
+// open stream per interval.
+func (b *Bus) Poll(ctx context.Context, interval time.Duration) {
+	last, err := b.store.LastEventID(ctx)
+	if err != nil && ctx.Err() == nil {
+		b.log.Warn("events poll", "err", err)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		id, err := b.store.LastEventID(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				b.log.Warn("events poll", "err", err)
+			}
+			continue
+		}
+		if id != last {
+			last = id
+			b.wakeAll()
+		}
+	}
 }
 
 // Subscribe returns a channel that receives a wake-up after each append,

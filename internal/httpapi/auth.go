@@ -19,6 +19,8 @@ type AuthService interface {
 	Input(ctx context.Context, caller store.User, id, text string) error
 	Credentials(ctx context.Context, caller store.User) ([]api.Credential, error)
 	DeleteCredential(ctx context.Context, caller store.User, provider string) error
+	// Share issues a view-only live-view link of the caller's own session.
+	Share(ctx context.Context, caller store.User, id string) (api.LiveViewShare, error)
 }
 
 // MountAuth adds the login session and credential routes.
@@ -57,6 +59,14 @@ func (s *Server) MountAuth(a AuthService) {
 		{"GET /api/v1/auth/sessions/{id}", authed, one(a.Get, http.StatusOK)},
 		{"POST /api/v1/auth/sessions/{id}/cancel", authed, one(a.Cancel, http.StatusOK)},
 		{"POST /api/v1/auth/sessions/{id}/heartbeat", authed, one(a.Heartbeat, http.StatusOK)},
+		{"POST /api/v1/auth/sessions/{id}/share", authed, func(w http.ResponseWriter, r *http.Request) error {
+			out, err := a.Share(r.Context(), userFrom(r.Context()), r.PathValue("id"))
+			if err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, out)
+			return nil
+		}},
 		{"POST /api/v1/auth/sessions/{id}/input", authed, func(w http.ResponseWriter, r *http.Request) error {
 			var req api.AuthInputRequest
 			if err := decodeJSON(r, &req); err != nil {

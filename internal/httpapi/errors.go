@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -82,11 +83,24 @@ func writeError(w http.ResponseWriter, e *apiError) {
 
 // decodeJSON reads exactly one JSON object into v. Unknown fields are refused
 // with a message naming the field; bodies over the server's limit are 413.
+// The content type must say JSON (a form post from another site's page
+// cannot), and nothing may follow the object (a body that is two
+// documents is not one request).
 func decodeJSON(r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	ct := r.Header.Get("Content-Type")
+	if mt, _, _ := strings.Cut(ct, ";"); strings.TrimSpace(strings.ToLower(mt)) != "application/json" {
+		if ct == "" {
+			return errorf(http.StatusUnsupportedMediaType, api.CodeBadRequest, "content type must be application/json; the request has none")
+		}
 		return errorf(http.StatusUnsupportedMediaType, api.CodeBadRequest, "content type must be application/json, not %q", ct)
 	}
-	dec := json.NewDecoder(r.Body)
+	// Every request body is an object: null, a list or a bare value would
+	// otherwise decode as an empty request.
+	br := bufio.NewReader(r.Body)
+	if c, err := firstNonSpace(br); err == nil && c != '{' {
+		return badRequest("request body must be a JSON object, not %s", jsonKind(c))
+	}
+	dec := json.NewDecoder(br)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
@@ -109,8 +123,45 @@ func decodeJSON(r *http.Request, v any) error {
 			return badRequest("invalid JSON body: %v", err)
 		}
 	}
-	if dec.More() {
-		return badRequest("request body must hold a single JSON object")
+	// Token, unlike More, also sees a stray closing bracket.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
+		}
+		return badRequest("request body must hold a single JSON object; data follows it at byte %d", dec.InputOffset())
 	}
 	return nil
+}
+
+// firstNonSpace peeks at the first byte after JSON white space.
+func firstNonSpace(br *bufio.Reader) (byte, error) {
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		switch b {
+		case ' ', '\t', '\r', '\n':
+			continue
+		}
+		return b, br.UnreadByte()
+	}
+}
+
+// jsonKind names the JSON value a first byte starts.
+func jsonKind(c byte) string {
+	switch {
+	case c == '[':
+		return "a list"
+	case c == 'n':
+		return "null"
+	case c == '"':
+		return "a string"
+	case c == 't' || c == 'f':
+		return "a boolean"
+	case c == '-' || (c >= '0' && c <= '9'):
+		return "a number"
+	}
+	return "malformed JSON"
 }

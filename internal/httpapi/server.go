@@ -33,6 +33,11 @@ type Options struct {
 	RateWindow time.Duration
 	// MaxBodyBytes caps JSON request bodies.
 	MaxBodyBytes int64
+	// MaxStreamsPerUser bounds one user's open event streams (default 16).
+	MaxStreamsPerUser int
+	// BodyReadTimeout bounds reading one request body (default 60 s, plus
+	// a second per 256 KiB of the route's body limit); see body.go.
+	BodyReadTimeout time.Duration
 	// Registry receives the HTTP metrics; nil makes a private one with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
@@ -47,6 +52,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	limiter *limiter
+	streams *streamCounter
 	reg     *prometheus.Registry
 	mux     *http.ServeMux
 
@@ -69,6 +75,7 @@ func New(o Options) *Server {
 		opts:    o,
 		log:     o.Log,
 		limiter: newLimiter(o.RateLimit, o.RateWindow),
+		streams: newStreamCounter(o.MaxStreamsPerUser),
 		reg:     reg,
 		mux:     http.NewServeMux(),
 		closing: make(chan struct{}),
@@ -84,6 +91,11 @@ func New(o Options) *Server {
 	}
 	reg.MustRegister(s.requests, s.latency)
 	s.routes()
+	if o.Events != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-s.closing; cancel() }()
+		go o.Events.Poll(ctx, ssePoll)
+	}
 	return s
 }
 
@@ -133,6 +145,7 @@ func (s *Server) routes() {
 	for _, rt := range table {
 		s.handle(rt)
 	}
+	s.mountKeys()
 	s.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{http.StatusNotFound, api.CodeNotFound, "no route for " + r.Method + " " + r.URL.Path})
 	})
@@ -165,7 +178,14 @@ type ctxKey int
 const (
 	ctxUser ctxKey = iota
 	ctxLog
+	ctxKeyID // id of the API key the request authenticated with
 )
+
+// keyFrom returns the id of the API key the caller authenticated with.
+func keyFrom(ctx context.Context) string {
+	id, _ := ctx.Value(ctxKeyID).(string)
+	return id
+}
 
 // userFrom returns the authenticated caller.
 func userFrom(ctx context.Context) store.User {
@@ -253,7 +273,7 @@ func (s *Server) wrap(path string, acc access, maxBody int64, h handlerFunc) htt
 
 		err := s.authorize(w, r, acc, &r)
 		if err == nil {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			r.Body = &timedBody{ReadCloser: http.MaxBytesReader(w, r.Body, maxBody), rc: http.NewResponseController(w), budget: s.bodyTimeout(maxBody)}
 			err = h(w, r)
 		}
 		if err != nil {
@@ -288,23 +308,32 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 		return nil
 	}
 	if acc == publicLimited {
-		if ok, retry := s.limiter.allow("addr:" + clientAddr(r)); !ok {
-			secs := max(int(retry.Seconds()+0.999), 1)
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+		d := s.limiter.allow("addr:" + clientAddr(r))
+		s.limiter.setHeaders(w, d)
+		if !d.ok {
+			return s.rateLimited(w, d.reset)
 		}
 		return nil
 	}
 	key, hasKey := bearer(r)
+	// An address that sent a window's worth of missing or wrong keys is
+	// refused before its key is looked up, so guessing keys costs the
+	// store nothing once limited. (Only failures count here: anonymous
+	// dashboard loads from a shared address must not lock out its users.)
+	failKey := "authfail:" + clientAddr(r)
+	if over, reset := s.limiter.exhausted(failKey); over {
+		return s.rateLimited(w, reset)
+	}
 	var user store.User
+	var keyID string
 	var authErr error
 	if !hasKey {
 		authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "missing API key: send Authorization: Bearer <key>")
 	} else {
-		_, u, err := s.opts.Store.LookupAPIKey(r.Context(), HashKey(key))
+		k, u, err := s.opts.Store.LookupAPIKey(r.Context(), HashKey(key))
 		switch {
 		case err == nil:
-			user = u
+			user, keyID = u, k.ID
 		case isNotFound(err):
 			authErr = errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "invalid API key")
 		default:
@@ -317,13 +346,13 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 	if authErr == nil {
 		limitKey = "user:" + user.ID
 	}
-	if ok, retry := s.limiter.allow(limitKey); !ok {
-		secs := int(retry.Seconds() + 0.999)
-		if secs < 1 {
-			secs = 1
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(secs))
-		return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
+	if authErr != nil {
+		s.limiter.allow(failKey)
+	}
+	d := s.limiter.allow(limitKey)
+	s.limiter.setHeaders(w, d)
+	if !d.ok {
+		return s.rateLimited(w, d.reset)
 	}
 	if authErr != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hangar"`)
@@ -333,9 +362,17 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, acc access, r
 		return errorf(http.StatusForbidden, api.CodeForbidden, "this needs an admin key")
 	}
 	ctx := context.WithValue(r.Context(), ctxUser, user)
+	ctx = context.WithValue(ctx, ctxKeyID, keyID)
 	ctx = context.WithValue(ctx, ctxLog, logFrom(ctx, s.log).With("user_id", user.ID))
 	*rp = r.WithContext(ctx)
 	return nil
+}
+
+// rateLimited is the 429 of a caller whose window resets in reset.
+func (s *Server) rateLimited(w http.ResponseWriter, reset time.Duration) error {
+	secs := seconds(reset)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return errorf(http.StatusTooManyRequests, api.CodeRateLimited, "rate limit of %d requests per %s exceeded; retry in %ds", s.limiter.limit, s.limiter.window, secs)
 }
 
 func bearer(r *http.Request) (string, bool) {

@@ -14,8 +14,9 @@ import (
 // sseKeepAlive keeps proxies from closing an idle stream.
 const sseKeepAlive = 15 * time.Second
 
-// ssePoll re-reads the store even without a wake-up, so that events written
-// by another daemon sharing the same Postgres still arrive.
+// ssePoll is how often the bus checks the store for events another daemon
+// sharing the same Postgres appended (events.Bus.Poll, one query per daemon,
+// not per stream); a stream reads the store only when woken.
 const ssePoll = 2 * time.Second
 
 // handleEvents streams the caller's events (admins: everyone's) as
@@ -37,6 +38,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 		}
 		after = n
 	}
+	release, err := s.streams.acquire(u.ID)
+	if err != nil {
+		return err
+	}
+	defer release()
 	filter := store.EventFilter{UserID: u.Scope(), AfterID: after, Limit: 500}
 	// Subscribe before the first read so nothing appended in between is
 	// missed.
@@ -54,8 +60,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 
 	keep := time.NewTicker(sseKeepAlive)
 	defer keep.Stop()
-	poll := time.NewTicker(ssePoll)
-	defer poll.Stop()
 	for {
 		for {
 			evs, err := s.opts.Store.ListEvents(r.Context(), filter)
@@ -84,7 +88,6 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 		case <-s.closing:
 			return nil
 		case <-wake:
-		case <-poll.C:
 		case <-keep.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return nil

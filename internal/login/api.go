@@ -59,7 +59,7 @@ func (m *Manager) Get(ctx context.Context, caller store.User, id string) (api.Au
 	if err != nil {
 		return api.AuthSession{}, err
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // List returns the caller's sessions (admin: all).
@@ -70,7 +70,7 @@ func (m *Manager) List(ctx context.Context, caller store.User) ([]api.AuthSessio
 	}
 	out := make([]api.AuthSession, 0, len(ss))
 	for _, s := range ss {
-		out = append(out, m.toAPI(s))
+		out = append(out, m.toAPIFor(caller, s))
 	}
 	return out, nil
 }
@@ -88,7 +88,7 @@ func (m *Manager) Cancel(ctx context.Context, caller store.User, id string) (api
 		return api.AuthSession{}, err
 	}
 	if terminal(s.State) {
-		return m.toAPI(s), nil
+		return m.toAPIFor(caller, s), nil
 	}
 	if rn := m.liveRun(id); rn != nil {
 		rn.cancel(errCancelled)
@@ -101,7 +101,7 @@ func (m *Manager) Cancel(ctx context.Context, caller store.User, id string) (api
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // Heartbeat keeps a watched session alive.
@@ -113,11 +113,15 @@ func (m *Manager) Heartbeat(ctx context.Context, caller store.User, id string) (
 	if terminal(s.State) {
 		return api.AuthSession{}, errs.E(errs.Conflict, "login session %s has ended (%s)", id, s.State)
 	}
-	s.ExpiresAt = time.Now().UTC().Add(m.cfg.HeartbeatTimeout)
-	if err := m.store.UpdateAuthSession(ctx, s); err != nil {
+	// Only the deadline changes, over the version read, so a login that
+	// ends meanwhile stays ended.
+	s, err = m.update(id, func(s *store.AuthSession, _ *details) {
+		s.ExpiresAt = time.Now().UTC().Add(m.cfg.HeartbeatTimeout)
+	})
+	if err != nil {
 		return api.AuthSession{}, err
 	}
-	return m.toAPI(s), nil
+	return m.toAPIFor(caller, s), nil
 }
 
 // Input types text into the login CLI's prompt (a pasted code).
@@ -200,7 +204,9 @@ func (m *Manager) Credentials(ctx context.Context, caller store.User) ([]api.Cre
 // DeleteCredential removes the caller's credentials for provider, and
 // with them the files in any VM that holds them.
 func (m *Manager) DeleteCredential(ctx context.Context, caller store.User, provider string) error {
-	if _, ok := m.recipes[provider]; !ok {
+	// Only providers' records are the user's to delete; any other name
+	// (such as one an admin's record once lived under) is refused.
+	if m.recipes[provider] == nil {
 		return errs.E(errs.Invalid, "provider %q: want one of %s", provider, strings.Join(m.recipes.Names(), ", "))
 	}
 	err := m.store.DeleteCredential(ctx, caller.ID, provider)
@@ -225,8 +231,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if terminal(s.State) {
 			continue
 		}
-		s.State, s.Error, s.FinishedAt = api.AuthFailed, "the daemon restarted during this login; start a new one", time.Now().UTC()
-		if err := m.store.UpdateAuthSession(ctx, s); err != nil {
+		s, err = m.update(s.ID, func(s *store.AuthSession, _ *details) {
+			s.State, s.Error, s.FinishedAt = api.AuthFailed, "the daemon restarted during this login; start a new one", time.Now().UTC()
+		})
+		if errors.Is(err, errEnded) {
+			continue // it ended meanwhile (another daemon on the same store)
+		}
+		if err != nil {
 			return err
 		}
 		m.publish(s, "auth_failed", map[string]string{"provider": s.Provider, "state": s.State, "error": s.Error})

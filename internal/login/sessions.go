@@ -188,18 +188,41 @@ func (m *Manager) watchExpiry(ctx context.Context, id string, rn *run) {
 	}
 }
 
-// update applies fn to the stored session and publishes nothing.
+// updateAttempts bounds the retries of one session write that keeps losing
+// the compare-and-swap to other writers (driver, heartbeat, cancel).
+const updateAttempts = 8
+
+// errEnded is returned by update for a session that already ended.
+var errEnded = errors.New("the login session has ended")
+
+// update applies fn to the stored session and writes it back over the
+// version it read, publishing nothing. When another write came first it
+// reads again and re-applies fn (so fn must only set fields). A session
+// that has ended is never written again: a late heartbeat or driver event
+// must not bring it back (it would keep issuing live-view tokens).
 func (m *Manager) update(id string, fn func(s *store.AuthSession, d *details)) (store.AuthSession, error) {
 	ctx := context.Background()
-	s, err := m.store.GetAuthSession(ctx, id, "")
-	if err != nil {
-		return s, err
+	for attempt := 1; ; attempt++ {
+		s, err := m.store.GetAuthSession(ctx, id, "")
+		if err != nil {
+			return s, err
+		}
+		if terminal(s.State) {
+			return s, errs.Wrap(errs.Conflict, errEnded, "login session %s has ended (%s)", id, s.State)
+		}
+		var d details
+		_ = json.Unmarshal(s.Details, &d)
+		fn(&s, &d)
+		s.Details, _ = json.Marshal(d)
+		err = m.store.UpdateAuthSession(ctx, s)
+		if err == nil {
+			s.Version++
+			return s, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= updateAttempts {
+			return s, err
+		}
 	}
-	var d details
-	_ = json.Unmarshal(s.Details, &d)
-	fn(&s, &d)
-	s.Details, _ = json.Marshal(d)
-	return s, m.store.UpdateAuthSession(ctx, s)
 }
 
 func (m *Manager) setState(id, state string, started time.Time) (store.AuthSession, error) {

@@ -397,6 +397,11 @@ func readKeyFile(path string) (keyFile, fileStamp, error) {
 	st := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
 	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
 		st.ino = sys.Ino
+		// A key file another account owns could have been planted (or be
+		// rewritten) by that account: the keys would not be the daemon's.
+		if int(sys.Uid) != os.Geteuid() {
+			return f, fileStamp{}, fmt.Errorf("key file %s is owned by uid %d, not by the daemon's user (uid %d): chown it", path, sys.Uid, os.Geteuid())
+		}
 	}
 	var buf bytes.Buffer
 	if _, err := buf.ReadFrom(fh); err != nil {

@@ -35,9 +35,10 @@ func (k *Keyring) OpenRecord(c store.Credential) ([]byte, error) {
 // writers keep winning the version compare-and-swap.
 const rotateAttempts = 10
 
-// RotateAll re-seals every credential record that is not sealed with the
-// keyring's current key, writing each as its next version through
-// PutCredential's compare-and-swap. A record a concurrent writer changed
+// RotateAll re-seals every credential record (and every network policy's
+// upstream proxy, network.go) that is not sealed with the keyring's current
+// key, writing each as its next version through the store's
+// compare-and-swap. A record a concurrent writer changed
 // meanwhile is read again and retried; one deleted meanwhile is skipped. It
 // carries on past records it cannot re-seal and returns how many it
 // re-sealed together with the joined errors of the others.
@@ -61,7 +62,11 @@ func RotateAll(ctx context.Context, st store.Store, kr *Keyring) (int, error) {
 			n++
 		}
 	}
-	return n, errors.Join(errs...)
+	nn, err := rotateNetwork(ctx, st, kr, current)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return n + nn, errors.Join(errs...)
 }
 
 // resealOne re-seals c with key version current, retrying on a lost

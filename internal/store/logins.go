@@ -10,12 +10,12 @@ import (
 
 // ---- auth sessions ----
 
-const authCols = "id, owner_id, provider, mode, state, error, vm_id, created_at, updated_at, expires_at, finished_at, details"
+const authCols = "id, owner_id, provider, mode, state, error, vm_id, created_at, updated_at, expires_at, finished_at, details, version"
 
 func scanAuth(sc interface{ Scan(...any) error }) (AuthSession, error) {
 	var a AuthSession
 	err := sc.Scan(&a.ID, &a.OwnerID, &a.Provider, &a.Mode, &a.State, &a.Error, strCol{&a.VMID},
-		timeCol{&a.CreatedAt}, timeCol{&a.UpdatedAt}, timeCol{&a.ExpiresAt}, timeCol{&a.FinishedAt}, bytesCol{&a.Details})
+		timeCol{&a.CreatedAt}, timeCol{&a.UpdatedAt}, timeCol{&a.ExpiresAt}, timeCol{&a.FinishedAt}, bytesCol{&a.Details}, &a.Version)
 	return a, err
 }
 
@@ -35,7 +35,7 @@ func (s *sqlStore) CreateAuthSession(ctx context.Context, a AuthSession) error {
 	if a.UpdatedAt.IsZero() {
 		a.UpdatedAt = a.CreatedAt
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO auth_sessions (`+authCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO auth_sessions (`+authCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`),
 		a.ID, a.OwnerID, a.Provider, a.Mode, a.State, a.Error, nullStr(a.VMID),
 		s.ts(a.CreatedAt), s.ts(a.UpdatedAt), s.nts(a.ExpiresAt), s.nts(a.FinishedAt), jsonArg(a.Details))
 	return mapErr("create auth session "+a.ID, err)
@@ -69,9 +69,9 @@ func (s *sqlStore) ListAuthSessions(ctx context.Context, ownerID string) ([]Auth
 
 func (s *sqlStore) UpdateAuthSession(ctx context.Context, a AuthSession) error {
 	res, err := s.db.ExecContext(ctx, s.q(`UPDATE auth_sessions SET state = ?, error = ?, vm_id = ?,
-		expires_at = ?, finished_at = ?, details = ?, updated_at = ? WHERE id = ?`),
-		a.State, a.Error, nullStr(a.VMID), s.nts(a.ExpiresAt), s.nts(a.FinishedAt), jsonArg(a.Details), s.ts(s.clock()), a.ID)
-	return affected("update auth session "+a.ID, res, err)
+		expires_at = ?, finished_at = ?, details = ?, updated_at = ?, version = version + 1 WHERE id = ? AND version = ?`),
+		a.State, a.Error, nullStr(a.VMID), s.nts(a.ExpiresAt), s.nts(a.FinishedAt), jsonArg(a.Details), s.ts(s.clock()), a.ID, a.Version)
+	return s.casResult(ctx, "update auth session "+a.ID, "auth_sessions", a.ID, res, err)
 }
 
 // ---- credentials ----

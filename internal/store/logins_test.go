@@ -48,6 +48,7 @@ func testAuthSessions(t *testing.T, s Store, _ string) {
 	}
 	got.State = AuthFailed
 	got.Error = "login timed out"
+	stale := got
 	got.FinishedAt = time.Now()
 	must(t, s.UpdateAuthSession(ctx, got), "finish session")
 	got, err = s.GetAuthSession(ctx, a.ID, alice.ID)
@@ -56,6 +57,13 @@ func testAuthSessions(t *testing.T, s Store, _ string) {
 		t.Fatalf("finished session = %+v", got)
 	}
 	isNotFound(t, s.UpdateAuthSession(ctx, AuthSession{ID: "auth_missing", State: AuthFailed}), "update missing session")
+	// A writer that read before the last write loses: its state must not
+	// come back over the finished one.
+	stale.State = AuthWaiting
+	isConflict(t, s.UpdateAuthSession(ctx, stale), "update from a stale read")
+	if got, err = s.GetAuthSession(ctx, a.ID, ""); err != nil || got.State != AuthFailed || got.Version != 3 {
+		t.Fatalf("session after a stale write = %+v, %v; want failed at version 3", got, err)
+	}
 
 	must(t, s.CreateAuthSession(ctx, AuthSession{ID: NewID("auth"), OwnerID: bob.ID, Provider: "codex"}), "bob's session")
 	list, err := s.ListAuthSessions(ctx, alice.ID)

@@ -124,6 +124,9 @@ func openSQLite(ctx context.Context, dsn string, log *slog.Logger) (*sqlStore, e
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("create sqlite dir: %w", err)
 	}
+	if err := privateFile(path, log); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	q.Set("_busy_timeout", fmt.Sprint(sqliteBusyTimeout.Milliseconds()))
 	q.Set("_foreign_keys", "1")
@@ -177,4 +180,32 @@ func openSQLite(ctx context.Context, dsn string, log *slog.Logger) (*sqlStore, e
 	}
 	log.Debug("store opened", "dialect", DialectSQLite, "path", path)
 	return newSQLStore(DialectSQLite, wdb, rdb, log), nil
+}
+
+// privateFile makes sure the database file exists with mode 0600 before
+// SQLite opens it: SQLite creates its -wal and -shm files with the main
+// file's mode, and the default umask would leave all three readable by
+// every local user (they hold key hashes and sealed credentials). A file
+// an older version created looser is tightened.
+func privateFile(path string, log *slog.Logger) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		return f.Close()
+	}
+	if !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create sqlite file: %w", err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, 0o600); err != nil {
+				return fmt.Errorf("restrict %s to its owner: %w", p, err)
+			}
+			log.Warn("store file was readable by others; restricted it to mode 0600", "path", p, "was", fmt.Sprintf("%04o", fi.Mode().Perm()))
+		}
+	}
+	return nil
 }

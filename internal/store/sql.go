@@ -281,8 +281,8 @@ func (s *sqlStore) CreateAPIKey(ctx context.Context, k APIKey) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = s.clock()
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, user_id, hash, prefix, created_at) VALUES (?, ?, ?, ?, ?)`),
-		k.ID, k.UserID, k.Hash, k.Prefix, s.ts(k.CreatedAt))
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, user_id, hash, prefix, created_at, name, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		k.ID, k.UserID, k.Hash, k.Prefix, s.ts(k.CreatedAt), k.Name, s.nts(k.ExpiresAt))
 	return mapErr("create api key "+k.ID, err)
 }
 
@@ -292,16 +292,42 @@ func (s *sqlStore) LookupAPIKey(ctx context.Context, hash string) (APIKey, User,
 		u User
 	)
 	err := s.rdb.QueryRowContext(ctx, s.q(`
-		SELECT k.id, k.user_id, k.hash, k.prefix, k.created_at, u.id, u.name, u.role, u.created_at
+		SELECT k.id, k.user_id, k.hash, k.prefix, k.created_at, k.name, k.expires_at, u.id, u.name, u.role, u.created_at
 		FROM api_keys k JOIN users u ON u.id = k.user_id
-		WHERE k.hash = ?`), hash).Scan(
-		&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt},
+		WHERE k.hash = ? AND (k.expires_at IS NULL OR k.expires_at > ?)`), hash, s.ts(s.clock())).Scan(
+		&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt}, &k.Name, timeCol{&k.ExpiresAt},
 		&u.ID, &u.Name, &u.Role, timeCol{&u.CreatedAt})
 	if err != nil {
 		// The hash is not echoed: it identifies a key.
 		return APIKey{}, User{}, mapErr("lookup api key", err)
 	}
 	return k, u, nil
+}
+
+func scanAPIKey(sc interface{ Scan(...any) error }) (APIKey, error) {
+	var k APIKey
+	err := sc.Scan(&k.ID, &k.UserID, &k.Hash, &k.Prefix, timeCol{&k.CreatedAt}, &k.Name, timeCol{&k.ExpiresAt})
+	return k, err
+}
+
+func (s *sqlStore) ListAPIKeys(ctx context.Context, userID string) ([]APIKey, error) {
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT id, user_id, hash, prefix, created_at, name, expires_at
+		FROM api_keys WHERE user_id = ? ORDER BY created_at, id`), userID)
+	if err != nil {
+		return nil, mapErr("list api keys", err)
+	}
+	return collect(rows, "list api keys", scanAPIKey)
+}
+
+func (s *sqlStore) DeleteAPIKey(ctx context.Context, id, userID string) error {
+	query := `DELETE FROM api_keys WHERE id = ?`
+	args := []any{id}
+	if userID != "" {
+		query += ` AND user_id = ?`
+		args = append(args, userID)
+	}
+	res, err := s.db.ExecContext(ctx, s.q(query), args...)
+	return affected("delete api key "+id, res, err)
 }
 
 // ---- events ----
@@ -376,6 +402,14 @@ func (s *sqlStore) ListEvents(ctx context.Context, f EventFilter) ([]Event, erro
 	return collect(rows, "list events", scanEvent)
 }
 
+func (s *sqlStore) LastEventID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := s.rdb.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM events`).Scan(&id); err != nil {
+		return 0, mapErr("last event id", err)
+	}
+	return id, nil
+}
+
 func (s *sqlStore) DeleteEventsBefore(ctx context.Context, before time.Time) (int64, error) {
 	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM events WHERE created_at < ?`), s.ts(before))
 	if err != nil {
@@ -390,12 +424,12 @@ func (s *sqlStore) DeleteEventsBefore(ctx context.Context, before time.Time) (in
 
 // ---- VMs ----
 
-const vmCols = "id, owner_id, kind, state, last_error, spec, runtime, created_at, updated_at"
+const vmCols = "id, owner_id, kind, state, last_error, spec, runtime, created_at, updated_at, version"
 
 func scanVM(sc interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	err := sc.Scan(&v.ID, &v.OwnerID, &v.Kind, &v.State, &v.LastError,
-		bytesCol{&v.Spec}, bytesCol{&v.Runtime}, timeCol{&v.CreatedAt}, timeCol{&v.UpdatedAt})
+		bytesCol{&v.Spec}, bytesCol{&v.Runtime}, timeCol{&v.CreatedAt}, timeCol{&v.UpdatedAt}, &v.Version)
 	return v, err
 }
 
@@ -410,10 +444,52 @@ func (s *sqlStore) CreateVM(ctx context.Context, v VM) error {
 	if v.UpdatedAt.IsZero() {
 		v.UpdatedAt = v.CreatedAt
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`),
 		v.ID, v.OwnerID, v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime),
 		s.ts(v.CreatedAt), s.ts(v.UpdatedAt))
 	return mapErr("create vm "+v.ID, err)
+}
+
+// pgVMCreateLockKey orders checked VM creates on Postgres ("hangarvm").
+const pgVMCreateLockKey = 0x68616e676172766d
+
+func (s *sqlStore) CreateVMChecked(ctx context.Context, v VM, check func(existing []VM) error) error {
+	if v.ID == "" || v.OwnerID == "" {
+		return errors.New("create vm: id and owner are required")
+	}
+	now := s.clock()
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = now
+	}
+	if v.UpdatedAt.IsZero() {
+		v.UpdatedAt = v.CreatedAt
+	}
+	return s.withTx(ctx, "create vm "+v.ID, func(tx *sql.Tx) error {
+		if s.dialect == DialectPostgres {
+			// Under READ COMMITTED two transactions would both read the
+			// old rows; the lock makes the second wait for the first's
+			// commit and then read its insert. (SQLite's BEGIN IMMEDIATE
+			// already holds the one write lock.)
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(`+strconv.FormatInt(pgVMCreateLockKey, 10)+`)`); err != nil {
+				return mapErr("create vm: lock", err)
+			}
+		}
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT `+vmCols+` FROM vms WHERE state <> ?`), "destroyed")
+		if err != nil {
+			return mapErr("create vm: list", err)
+		}
+		existing, err := collect(rows, "create vm: list", scanVM)
+		if err != nil {
+			return err
+		}
+		if err := check(existing); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO vms (`+vmCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)`),
+			v.ID, v.OwnerID, v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime),
+			s.ts(v.CreatedAt), s.ts(v.UpdatedAt))
+		return mapErr("create vm "+v.ID, err)
+	})
 }
 
 func (s *sqlStore) GetVM(ctx context.Context, id, ownerID string) (VM, error) {
@@ -444,12 +520,35 @@ func (s *sqlStore) ListVMs(ctx context.Context, ownerID string) ([]VM, error) {
 }
 
 // UpdateVM writes the mutable fields (kind, state, last error, spec,
-// runtime) and sets UpdatedAt to now.
+// runtime) over the version v was read at and sets UpdatedAt to now.
 func (s *sqlStore) UpdateVM(ctx context.Context, v VM) error {
 	updated := s.clock()
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE vms SET kind = ?, state = ?, last_error = ?, spec = ?, runtime = ?, updated_at = ? WHERE id = ?`),
-		v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime), s.ts(updated), v.ID)
-	return affected("update vm "+v.ID, res, err)
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE vms SET kind = ?, state = ?, last_error = ?, spec = ?, runtime = ?, updated_at = ?,
+		version = version + 1 WHERE id = ? AND version = ?`),
+		v.Kind, v.State, v.LastError, jsonArg(v.Spec), jsonArg(v.Runtime), s.ts(updated), v.ID, v.Version)
+	return s.casResult(ctx, "update vm "+v.ID, "vms", v.ID, res, err)
+}
+
+// casResult turns the result of a compare-and-swap UPDATE ... WHERE id = ?
+// AND version = ? into nil, ErrConflict (the row is there at another
+// version: someone wrote first) or ErrNotFound (no such row).
+func (s *sqlStore) casResult(ctx context.Context, op, table, id string, res sql.Result, err error) error {
+	if err != nil {
+		return mapErr(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return mapErr(op, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	var cur int64
+	// table is one of two constants, never input.
+	if err := s.db.QueryRowContext(ctx, s.q(`SELECT version FROM `+table+` WHERE id = ?`), id).Scan(&cur); err != nil {
+		return mapErr(op, err) // sql.ErrNoRows: ErrNotFound
+	}
+	return fmt.Errorf("%s: stored version is %d: %w", op, cur, ErrConflict)
 }
 
 func (s *sqlStore) DeleteVM(ctx context.Context, id string) error {

@@ -18,7 +18,8 @@ var (
 	// ErrNotFound means the addressed record does not exist (or is not
 	// visible to the caller that asked for it).
 	ErrNotFound = errors.New("not found")
-	// ErrConflict means a uniqueness constraint refused the write.
+	// ErrConflict means a uniqueness constraint refused the write, or a
+	// compare-and-swap found a newer version than the one the writer read.
 	ErrConflict = errors.New("conflict")
 )
 
@@ -53,6 +54,8 @@ type APIKey struct {
 	Hash      string // hex SHA-256 of the full key
 	Prefix    string // first characters of the key, safe to show
 	CreatedAt time.Time
+	Name      string    // the owner's label ("laptop", "ci"); may be empty
+	ExpiresAt time.Time // zero: never; after it the key no longer authenticates
 }
 
 // Event is one entry in the append-only event log. IDs increase
@@ -111,6 +114,9 @@ type VM struct {
 	Runtime   []byte // JSON: pid, sockets, boot phases, to re-attach after restart
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// Version counts writes (1 when created). UpdateVM writes only over
+	// the version the caller read.
+	Version int64
 }
 
 // Login session states. The login package owns the transitions; the store
@@ -141,6 +147,26 @@ type AuthSession struct {
 	// Details is a JSON object the login manager owns (OAuth URL, device
 	// code, phase timings); never a token.
 	Details []byte
+	// Version counts writes (1 when created). UpdateAuthSession writes
+	// only over the version the caller read.
+	Version int64
+}
+
+// NetworkPolicy is an admin's egress policy for one user, replacing the
+// per-kind defaults for all their VMs. It is not a credential: the user
+// cannot read its secret part or delete it. The upstream proxy URL may
+// hold a password, so it is sealed like a credential (Nonce, Ciphertext,
+// KeyVersion; empty Ciphertext: no proxy) and only ProxyHost is shown.
+type NetworkPolicy struct {
+	UserID     string
+	Mode       string   // none | full | allow
+	Allow      []string // CIDRs and domains when Mode is allow
+	ProxyHost  string   // scheme://host[:port] of the upstream proxy, never its credentials
+	Version    int64    // 1 for the first write, +1 on each rewrite; bound into the seal
+	KeyVersion int
+	Nonce      []byte
+	Ciphertext []byte
+	UpdatedAt  time.Time
 }
 
 // Credential is a user's sealed credential for one provider. The store
@@ -177,19 +203,35 @@ type Store interface {
 	CountUsers(ctx context.Context) (int, error)
 
 	CreateAPIKey(ctx context.Context, k APIKey) error
-	// LookupAPIKey finds the key by its hash and returns its user.
+	// LookupAPIKey finds the key by its hash and returns its user. An
+	// expired key is ErrNotFound, like an unknown one.
 	LookupAPIKey(ctx context.Context, hash string) (APIKey, User, error)
+	// ListAPIKeys lists userID's keys (expired ones included), oldest
+	// first.
+	ListAPIKeys(ctx context.Context, userID string) ([]APIKey, error)
+	// DeleteAPIKey revokes key id of userID ("" : any user's, admins).
+	DeleteAPIKey(ctx context.Context, id, userID string) error
 
 	AppendEvent(ctx context.Context, e Event) (Event, error)
 	ListEvents(ctx context.Context, f EventFilter) ([]Event, error)
+	// LastEventID is the id of the newest event, 0 when there is none.
+	LastEventID(ctx context.Context) (int64, error)
 
 	CreateVM(ctx context.Context, v VM) error
+	// CreateVMChecked creates v only if check, given every VM not
+	// destroyed, returns nil; check's error is returned as is. No other
+	// CreateVMChecked runs between the read and the insert, in this process
+	// or another on the same database, so a quota check cannot be raced.
+	CreateVMChecked(ctx context.Context, v VM, check func(existing []VM) error) error
 	// GetVM returns the VM; ownerID "" means any owner (admin).
 	GetVM(ctx context.Context, id, ownerID string) (VM, error)
 	// ListVMs lists VMs of ownerID, or of everyone when ownerID is "".
 	ListVMs(ctx context.Context, ownerID string) ([]VM, error)
 	// UpdateVM writes Kind, State, LastError, Spec and Runtime of v.ID and
-	// sets UpdatedAt to now.
+	// sets UpdatedAt to now, only if the stored version is still v.Version
+	// (compare-and-swap): ErrConflict when another write came first,
+	// ErrNotFound when there is no such VM. On success the stored version
+	// is v.Version+1.
 	UpdateVM(ctx context.Context, v VM) error
 	DeleteVM(ctx context.Context, id string) error
 
@@ -229,8 +271,10 @@ type Store interface {
 	// ListAuthSessions lists ownerID's sessions, or everyone's for "",
 	// oldest first.
 	ListAuthSessions(ctx context.Context, ownerID string) ([]AuthSession, error)
-	// UpdateAuthSession writes State, Error, VMID, ExpiresAt and FinishedAt
-	// and sets UpdatedAt to now.
+	// UpdateAuthSession writes State, Error, VMID, ExpiresAt, FinishedAt
+	// and Details and sets UpdatedAt to now, only if the stored version is
+	// still a.Version (compare-and-swap, as UpdateVM). On success the
+	// stored version is a.Version+1.
 	UpdateAuthSession(ctx context.Context, a AuthSession) error
 
 	// PutCredential stores a sealed credential with optimistic concurrency:
@@ -274,4 +318,12 @@ type Store interface {
 	GetLease(ctx context.Context, ownerID, provider string) (Lease, error)
 	// ListLeases lists ownerID's leases, or all for "".
 	ListLeases(ctx context.Context, ownerID string) ([]Lease, error)
+	// PutNetworkPolicy stores a user's network policy with the same
+	// optimistic concurrency as PutCredential: p.Version 1 creates it
+	// (ErrConflict if one exists), n > 1 replaces version n-1.
+	PutNetworkPolicy(ctx context.Context, p NetworkPolicy) (NetworkPolicy, error)
+	GetNetworkPolicy(ctx context.Context, userID string) (NetworkPolicy, error)
+	// ListNetworkPolicies lists every user's policy (key rotation, admins).
+	ListNetworkPolicies(ctx context.Context) ([]NetworkPolicy, error)
+	DeleteNetworkPolicy(ctx context.Context, userID string) error
 }

@@ -172,8 +172,15 @@ func testVMs(t *testing.T, s Store, _ string) {
 	}
 	jsonEqual(t, again.Runtime, got.Runtime, "vm runtime after update")
 	isNotFound(t, s.UpdateVM(ctx, VM{ID: "vm_missing", State: "x"}), "update missing vm")
+	if again.Version != got.Version+1 {
+		t.Fatalf("version after update = %d, want %d", again.Version, got.Version+1)
+	}
+	// got is now stale: writing it again would undo nothing visible here,
+	// but in general it would overwrite a newer write, so it must fail.
+	isConflict(t, s.UpdateVM(ctx, got), "update vm from a stale read")
+	got = again
 
-	if err := s.UpdateVM(ctx, VM{ID: v.ID, Kind: "cli", State: "x", Spec: []byte("not json")}); err == nil {
+	if err := s.UpdateVM(ctx, VM{ID: v.ID, Kind: "cli", State: "x", Spec: []byte("not json"), Version: got.Version}); err == nil {
 		t.Fatal("invalid JSON spec was stored")
 	}
 

@@ -56,6 +56,14 @@ type Config struct {
 	// MaxBrowserVMs counts browser VMs on this host not stopped or
 	// destroyed; 0 allows none.
 	MaxBrowserVMs int
+	// MaxBrowserVMsPerUser is the same count for one user's browser VMs,
+	// so one user cannot hold every slot; 0 means MaxBrowserVMs.
+	MaxBrowserVMsPerUser int
+	// MaxVCPUsPerUser, MaxMemoryMiBPerUser and MaxDiskMiBPerUser bound the
+	// totals over one user's VMs not destroyed (quota.go); 0 is no limit.
+	MaxVCPUsPerUser     int
+	MaxMemoryMiBPerUser int
+	MaxDiskMiBPerUser   int
 	// LogRetention is how long the logs of a destroyed VM are kept.
 	LogRetention time.Duration
 	// BootTimeout bounds the time from spawn to ready.
@@ -94,8 +102,6 @@ type Manager struct {
 	slots    *netslot.Manager
 	policies Policies
 
-	// createMu serialises quota checks with the inserts they allow.
-	createMu sync.Mutex
 	// reconcileMu serialises reconciliation passes.
 	reconcileMu sync.Mutex
 
@@ -276,35 +282,16 @@ func (m *Manager) CreateFor(ctx context.Context, caller store.User, req api.Crea
 	if err != nil {
 		return api.VM{}, err
 	}
-	m.createMu.Lock()
-	defer m.createMu.Unlock()
-	all, err := m.store.ListVMs(ctx, "")
-	if err != nil {
-		return api.VM{}, err
-	}
-	mine, browsers := 0, 0
-	for _, v := range all {
-		if v.State == api.VMDestroyed {
-			continue
-		}
-		if v.OwnerID == caller.ID {
-			mine++
-		}
-		if v.Kind == api.KindBrowser && v.State != api.VMStopped && v.State != api.VMFailed {
-			browsers++
-		}
-	}
-	if mine >= m.cfg.MaxVMsPerUser {
-		return api.VM{}, errs.E(errs.Quota, "you have %d VMs, the limit per user; delete one first", mine)
-	}
-	if req.Kind == api.KindBrowser && browsers >= m.cfg.MaxBrowserVMs {
-		return api.VM{}, errs.E(errs.Quota, "this host already runs %d browser VMs, its limit; try again when one ends", browsers)
-	}
 	sp.Purpose = purpose
 	spec, _ := json.Marshal(sp)
 	now := time.Now().UTC()
 	v := store.VM{ID: store.NewID("vm"), OwnerID: caller.ID, Kind: req.Kind, State: api.VMCreating, Spec: spec, Runtime: []byte("{}"), CreatedAt: now, UpdatedAt: now}
-	if err := m.store.CreateVM(ctx, v); err != nil {
+	// The quota check and the insert are one step in the store, so two
+	// creates (in this daemon or another on the same database) cannot both
+	// pass on the last share.
+	if err := m.store.CreateVMChecked(ctx, v, func(all []store.VM) error {
+		return m.checkQuota(all, caller.ID, req.Kind, sp)
+	}); err != nil {
 		return api.VM{}, err
 	}
 	m.log.Info("vm created", "vm_id", v.ID, "user_id", caller.ID, "kind", v.Kind, "vcpus", sp.VCPUs, "memory_mib", sp.MemoryMiB)
@@ -338,21 +325,35 @@ func (m *Manager) startBoot(id string) {
 	}()
 }
 
-// update applies fn to the stored VM and writes it back.
+// update applies fn to the stored VM and writes it back over the version
+// it read; when another write came first it reads again and re-applies fn
+// (so fn must only set fields). A state change fn makes is checked against
+// the state found (state.go), so no write brings a VM back from a state
+// another writer moved it to.
 func (m *Manager) update(ctx context.Context, id string, fn func(v *store.VM, rt *runtimeDoc)) (store.VM, error) {
-	v, err := m.store.GetVM(ctx, id, "")
-	if err != nil {
-		return store.VM{}, err
+	for attempt := 1; ; attempt++ {
+		v, err := m.store.GetVM(ctx, id, "")
+		if err != nil {
+			return store.VM{}, err
+		}
+		cur := v.State
+		var rt runtimeDoc
+		_ = json.Unmarshal(v.Runtime, &rt)
+		fn(&v, &rt)
+		if err := transition(id, cur, v.State); err != nil {
+			return store.VM{}, err
+		}
+		v.Runtime, _ = json.Marshal(rt)
+		v.UpdatedAt = time.Now().UTC()
+		err = m.store.UpdateVM(ctx, v)
+		if err == nil {
+			v.Version++
+			return v, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= updateAttempts {
+			return store.VM{}, err
+		}
 	}
-	var rt runtimeDoc
-	_ = json.Unmarshal(v.Runtime, &rt)
-	fn(&v, &rt)
-	v.Runtime, _ = json.Marshal(rt)
-	v.UpdatedAt = time.Now().UTC()
-	if err := m.store.UpdateVM(ctx, v); err != nil {
-		return store.VM{}, err
-	}
-	return v, nil
 }
 
 func (m *Manager) setState(ctx context.Context, id, state, lastError string) (store.VM, error) {

@@ -444,6 +444,9 @@ func (m *Manager) destroy(ctx context.Context, v store.VM) error {
 		v.State = api.VMDestroyed
 		rt.VMM, rt.Token = nil, ""
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // destroyed meanwhile by a concurrent destroy (or its user deleted)
+	}
 	if err != nil {
 		return err
 	}

@@ -70,3 +70,12 @@ type Credential struct {
 	CapturedAt  time.Time  `json:"captured_at"`
 	ValidatedAt *time.Time `json:"validated_at,omitempty"`
 }
+
+// LiveViewShare is a view-only live-view link of a login session (POST
+// /api/v1/auth/sessions/{id}/share, the session's owner only). View-only is
+// part of the signed token: the link cannot be edited into control.
+type LiveViewShare struct {
+	LiveViewURL string    `json:"live_view_url"`
+	ViewOnly    bool      `json:"view_only"`
+	ExpiresAt   time.Time `json:"expires_at"`
+}

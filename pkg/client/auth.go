@@ -55,3 +55,10 @@ func (c *Client) DeleteCredential(ctx context.Context, provider string) error {
 
 // Base is the daemon's base URL.
 func (c *Client) Base() string { return c.base }
+
+// ShareAuthSession returns a view-only live-view link of one of the
+// caller's own login sessions, to hand to someone helping.
+func (c *Client) ShareAuthSession(ctx context.Context, id string) (api.LiveViewShare, error) {
+	var s api.LiveViewShare
+	return s, c.Do(ctx, http.MethodPost, "/api/v1/auth/sessions/"+url.PathEscape(id)+"/share", nil, &s)
+}

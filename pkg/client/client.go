@@ -3,7 +3,6 @@
 package client
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -157,31 +156,23 @@ func (c *Client) Events(ctx context.Context, lastID int64, fn func(api.Event) er
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	var data []byte
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "":
-			if len(data) > 0 {
-				var ev api.Event
-				if err := json.Unmarshal(data, &ev); err != nil {
-					return fmt.Errorf("decode event: %w", err)
-				}
-				if err := fn(ev); err != nil {
-					return err
-				}
-				data = data[:0]
-			}
-		case strings.HasPrefix(line, "data: "):
-			data = append(data, line[len("data: "):]...)
+	var fnErr error
+	err = readEventData(resp.Body, func(data []byte) error {
+		var ev api.Event
+		if err := json.Unmarshal(data, &ev); err != nil {
+			fnErr = fmt.Errorf("decode event: %w", err)
+			return fnErr
 		}
+		fnErr = fn(ev)
+		return fnErr
+	})
+	if fnErr != nil {
+		return fnErr
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := sc.Err(); err != nil {
+	if err != nil {
 		return fmt.Errorf("event stream: %w", err)
 	}
 	return io.ErrUnexpectedEOF

@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 
 	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/errs"
 	"github.com/hangar-vm/hangar/internal/httpapi"
+	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/netslot"
 	"github.com/hangar-vm/hangar/internal/seal"
 	"github.com/hangar-vm/hangar/internal/store"
@@ -24,6 +26,25 @@ type policies struct {
 	defaults map[string]config.EgressPolicy
 	store    store.Store
 	keys     *seal.Keyring
+	// providerHosts are the API hosts the providers' CLIs talk to when a
+	// prompt runs (their recipes' api_hosts): a CLI VM under an allow-list
+	// reaches them, or no prompt could ever run there.
+	providerHosts []string
+}
+
+// withProviderHosts opens a CLI VM's allow-list to the providers' API
+// hosts. Other modes are left alone: "full" reaches them already, "none"
+// is an admin's explicit choice.
+func (p *policies) withProviderHosts(kind string, pol netslot.Policy) netslot.Policy {
+	if kind != api.KindCLI || pol.Mode != netslot.ModeAllow {
+		return pol
+	}
+	for _, h := range p.providerHosts {
+		if !slices.Contains(pol.AllowDomains, h) {
+			pol.AllowDomains = append(pol.AllowDomains, h)
+		}
+	}
+	return pol
 }
 
 func toPolicy(mode string, allow []string) (netslot.Policy, error) {
@@ -39,6 +60,15 @@ func toPolicy(mode string, allow []string) (netslot.Policy, error) {
 
 // VMPolicy implements vm.Policies.
 func (p *policies) VMPolicy(ctx context.Context, ownerID, kind string) (netslot.Policy, error) {
+	pol, err := p.policy(ctx, ownerID, kind)
+	if err != nil {
+		return pol, err
+	}
+	return p.withProviderHosts(kind, pol), nil
+}
+
+// policy is the VM's policy before the providers' hosts are added.
+func (p *policies) policy(ctx context.Context, ownerID, kind string) (netslot.Policy, error) {
 	np, err := p.store.GetNetworkPolicy(ctx, ownerID)
 	if errors.Is(err, store.ErrNotFound) {
 		d, ok := p.defaults[kind]
@@ -118,7 +148,15 @@ func (d *Daemon) setupNetwork(ctx context.Context) error {
 		return fmt.Errorf("network slots: %w", err)
 	}
 	d.slots = mgr
-	d.policies = &policies{defaults: n.Egress, store: d.store, keys: d.netKeys}
+	recipes, err := login.LoadRecipes()
+	if err != nil {
+		return fmt.Errorf("provider recipes: %w", err)
+	}
+	var hosts []string
+	for _, name := range recipes.Names() {
+		hosts = append(hosts, recipes[name].APIHosts...)
+	}
+	d.policies = &policies{defaults: n.Egress, store: d.store, keys: d.netKeys, providerHosts: hosts}
 	d.vms.SetNetwork(mgr, d.policies)
 	d.closers = append(d.closers, closer{"network", mgr.Close})
 	return nil

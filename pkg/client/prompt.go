@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -85,7 +83,7 @@ func (c *Client) PromptEvents(ctx context.Context, id string, afterSeq int64, fn
 		return nil
 	})
 	switch {
-	case final:
+	case final && (err == nil || errors.Is(err, errStop)):
 		return nil
 	case err != nil:
 		return err
@@ -124,53 +122,6 @@ func (c *Client) FollowPrompt(ctx context.Context, id string, fn func(api.Prompt
 }
 
 var errStop = errors.New("stop")
-
-// sseMessage is one server-sent event.
-type sseMessage struct{ id, event, data string }
-
-// readSSE parses a text/event-stream: "field: value" or "field:value"
-// lines, data lines joined with "\n", comments ignored, a blank line ends a
-// message (https://html.spec.whatwg.org/multipage/server-sent-events.html).
-func readSSE(r io.Reader, fn func(sseMessage) error) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	var m sseMessage
-	var data []string
-	hasData := false
-	for sc.Scan() {
-		line := strings.TrimSuffix(sc.Text(), "\r")
-		if line == "" {
-			if hasData {
-				m.data = strings.Join(data, "\n")
-				if err := fn(m); err != nil {
-					if errors.Is(err, errStop) {
-						return nil
-					}
-					return err
-				}
-			}
-			m, data, hasData = sseMessage{id: m.id}, nil, false
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			m.id = value
-		case "event":
-			m.event = value
-		case "data":
-			data, hasData = append(data, value), true
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("event stream: %w", err)
-	}
-	return nil
-}
 
 // PromptLog copies a prompt's raw CLI output (tokens redacted) to w.
 func (c *Client) PromptLog(ctx context.Context, id string, w io.Writer) error {

@@ -77,3 +77,22 @@ func FuzzReadSSE(f *testing.F) {
 		_ = readEventData(strings.NewReader(data), func([]byte) error { return nil })
 	})
 }
+
+// TestReadSSEFields: id persists across events, event resets after each,
+// the prompt stream's shape comes through whole.
+func TestReadSSEFields(t *testing.T) {
+	stream := ": hangar prompt events\n\nid: 1\nevent: started\ndata: {\"a\":1}\n\nid:2\nevent:output\ndata:x\ndata:y\n\ndata: no-id-change\n\n"
+	var got []sseMessage
+	if err := readSSE(strings.NewReader(stream), func(m sseMessage) error { got = append(got, m); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want := []sseMessage{{"1", "started", `{"a":1}`}, {"2", "output", "x\ny"}, {"2", "", "no-id-change"}}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("event %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}

@@ -299,13 +299,19 @@ func (d *Driver) capture(ctx context.Context) (Capture, error) {
 	return Capture{Files: second}, nil
 }
 
+// openTabTimeout bounds one DevTools request. Opening a tab makes Chromium
+// start loading the page, which under emulation on a busy host has taken
+// more than 20 s (a login then failed for no reason the user could act
+// on); the whole login has its own, much longer deadline.
+const openTabTimeout = 90 * time.Second
+
 // openInChromium asks the VM's Chromium, over its DevTools HTTP endpoint on
 // guest port 9222 (reached through the agent link), to open url in a tab,
 // then closes the other tabs so the user sees one window with the page.
 func (d *Driver) openInChromium(ctx context.Context, u string) error {
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return d.link.DialPort(ctx, 9222) },
-	}, Timeout: 20 * time.Second}
+	}, Timeout: openTabTimeout}
 	defer hc.CloseIdleConnections()
 	// Chromium unescapes what follows "?" before it navigates, so the URL
 	// goes escaped (an OAuth URL carries escaped redirect URIs itself).

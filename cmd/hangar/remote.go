@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hangar-vm/hangar/internal/atomicfile"
 	"github.com/hangar-vm/hangar/internal/daemon"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
@@ -83,25 +84,7 @@ func saveRemotes(rf remotesFile) error {
 		return err
 	}
 	b, _ := json.MarshalIndent(rf, "", "  ")
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".remotes-*.json")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.Write(append(b, '\n'))
-	if werr == nil {
-		werr = tmp.Chmod(0o600)
-	}
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if cerr := tmp.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return werr
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, append(b, '\n'), 0o600)
 }
 
 func validRemoteName(n string) bool {

@@ -3,12 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/hangar-vm/hangar/internal/atomicfile"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -159,22 +159,6 @@ func guestInterface(mac string) (string, error) {
 
 // writeFileAtomic replaces path through a temp file and rename (a
 // /etc/resolv.conf that is a symlink is replaced by a file).
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".hangar-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return atomicfile.Write(path, data, mode)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hangar-vm/hangar/internal/atomicfile"
 	"io"
 	"net/http"
 	"net/url"
@@ -79,32 +80,7 @@ func saveAuth(home string, a authFile) error {
 	if err != nil {
 		return fmt.Errorf("encode credentials: %w", err)
 	}
-	tmp, err := os.CreateTemp(home, ".auth.json-*") // mode 0600
-	if err != nil {
-		return fmt.Errorf("write credentials: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.Write(append(b, '\n'))
-	if werr == nil {
-		werr = tmp.Chmod(0o600)
-	}
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if cerr := tmp.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return fmt.Errorf("write credentials: %w", werr)
-	}
-	if err := os.Rename(tmp.Name(), authPath(home)); err != nil {
-		return fmt.Errorf("install credentials: %w", err)
-	}
-	if d, err := os.Open(home); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return nil
+	return atomicfile.Write(authPath(home), append(b, '\n'), 0o600)
 }
 
 // tokenResponse and oauthError are the issuer's JSON answers.

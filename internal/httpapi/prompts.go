@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -120,14 +119,7 @@ func (s *Server) handlePromptEvents(p PromptService) handlerFunc {
 			case <-ctx.Done():
 			}
 		}()
-		rc := http.NewResponseController(w)
-		_ = rc.SetWriteDeadline(time.Time{})
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.Header().Set("X-Accel-Buffering", "no")
-		w.WriteHeader(http.StatusOK)
-		fmt.Fprint(w, ": hangar prompt events\n\n")
-		_ = rc.Flush()
+		rc := startSSE(w, "hangar prompt events")
 		err := p.Events(ctx, caller, r.PathValue("id"), after, func(e api.PromptEvent) error {
 			var err error
 			if e.Seq == 0 {

@@ -49,14 +49,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 	wake, unsubscribe := s.opts.Events.Subscribe()
 	defer unsubscribe()
 
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	fmt.Fprint(w, ": hangar events\n\n")
-	_ = rc.Flush()
+	rc := startSSE(w, "hangar events")
 
 	keep := time.NewTicker(sseKeepAlive)
 	defer keep.Stop()
@@ -95,4 +88,19 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) error {
 			_ = rc.Flush()
 		}
 	}
+}
+
+// startSSE begins a server-sent event stream: no write deadline (streams
+// run for hours), no caching or proxy buffering, and a first comment
+// flushed at once so the client sees the stream open.
+func startSSE(w http.ResponseWriter, comment string) *http.ResponseController {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": %s\n\n", comment)
+	_ = rc.Flush()
+	return rc
 }

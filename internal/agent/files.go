@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -273,11 +274,28 @@ func (a *Agent) handleGetFile(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("file of %d bytes exceeds the limit of %d bytes", st.Size, limit))
 		return
 	}
+	var body io.Reader = io.LimitReader(f, st.Size)
+	if st.Size == 0 {
+		// Files under /proc and /sys report size 0 but have content:
+		// read them to EOF, within the limit, to learn their length
+		// before the answer starts.
+		b, err := io.ReadAll(io.LimitReader(f, limit+1))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, proto.CodeInternal, "read: "+err.Error())
+			return
+		}
+		if int64(len(b)) > limit {
+			writeError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("file exceeds the limit of %d bytes", limit))
+			return
+		}
+		st.Size = int64(len(b))
+		body = bytes.NewReader(b)
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(st.Size, 10))
 	w.Header().Set(proto.HeaderMode, strconv.FormatUint(uint64(st.Mode&0o7777), 8))
 	w.Header().Set(proto.HeaderUID, strconv.Itoa(int(st.Uid)))
 	w.Header().Set(proto.HeaderGID, strconv.Itoa(int(st.Gid)))
 	w.WriteHeader(http.StatusOK)
-	_, _ = io.CopyN(w, f, st.Size)
+	_, _ = io.Copy(w, body)
 }

@@ -66,6 +66,9 @@ func yamuxConfig() *yamux.Config {
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.MaxStreamWindowSize = 1 << 20
+	// Streams the guest opens wait here until acceptStreams takes them;
+	// yamux resets the ones beyond the backlog instead of queueing them.
+	cfg.AcceptBacklog = acceptBacklog
 	return cfg
 }
 
@@ -102,10 +105,15 @@ func New(ctx context.Context, conn io.ReadWriteCloser, opts Options) (*Client, e
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return c.openStream(ctx)
 		},
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        time.Minute,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}}
+	// Every stream the guest opens is taken at once and either handed to
+	// a reverse-forward handler or closed: an untaken stream would pin
+	// its receive window in host memory for the session's lifetime.
+	go c.acceptStreams()
 	return c, nil
 }
 
@@ -162,7 +170,7 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 func decodeError(resp *http.Response) error {
 	var body proto.ErrorBody
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	if json.Unmarshal(b, &body) == nil && body.Error != nil {
 		body.Error.Status = resp.StatusCode
 		return body.Error
@@ -180,7 +188,7 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	if err := decodeJSON(resp.Body, v); err != nil {
 		return fmt.Errorf("decode answer: %w", err)
 	}
 	return nil
@@ -257,10 +265,13 @@ func (c *Client) Events(ctx context.Context) (<-chan proto.Event, error) {
 	go func() {
 		defer close(ch)
 		defer resp.Body.Close()
-		dec := json.NewDecoder(resp.Body)
+		dec := newNDJSONReader(resp.Body)
 		for {
 			var ev proto.Event
-			if err := dec.Decode(&ev); err != nil {
+			if err := dec.next(&ev); err != nil {
+				if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+					c.log.Warn("agent event stream refused", "err", err)
+				}
 				return
 			}
 			select {
@@ -296,10 +307,10 @@ func (c *Client) Logs(ctx context.Context, req proto.LogsRequest, fn func(proto.
 		return fmt.Errorf("agent logs: %w", err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
+	dec := newNDJSONReader(resp.Body)
 	for {
 		var l proto.LogLine
-		if err := dec.Decode(&l); err != nil {
+		if err := dec.next(&l); err != nil {
 			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return nil
 			}
@@ -355,19 +366,23 @@ func (c *Client) PutFile(ctx context.Context, req PutFileRequest, content io.Rea
 	}
 	defer resp.Body.Close()
 	var st proto.FileStat
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := decodeJSON(resp.Body, &st); err != nil {
 		return st, fmt.Errorf("agent put file: decode answer: %w", err)
 	}
 	return st, nil
 }
 
-// GetFile copies the regular file at path to w. maxBytes > 0 refuses larger
-// files before any byte is sent (the agent's own limit applies too).
+// GetFile copies the regular file at path to w, at most maxBytes
+// (DefaultMaxFileBytes when maxBytes <= 0). The cap is enforced here: it is
+// also sent to the agent so an honest one refuses before sending, but a
+// guest that ignores it gets an error wrapping ErrTooLarge after at most
+// maxBytes+1 bytes were copied to w (the caller discards w on error).
 func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.Writer) (proto.FileStat, error) {
-	q := url.Values{proto.QueryPath: {path}}
-	if maxBytes > 0 {
-		q.Set(proto.QueryMax, strconv.FormatInt(maxBytes, 10))
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxFileBytes
 	}
+	q := url.Values{proto.QueryPath: {path}}
+	q.Set(proto.QueryMax, strconv.FormatInt(maxBytes, 10))
 	hreq, err := c.newRequest(ctx, http.MethodGet, proto.PathFiles, q, nil)
 	if err != nil {
 		return proto.FileStat{}, err
@@ -383,9 +398,20 @@ func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.
 	}
 	st.UID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderUID))
 	st.GID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderGID))
-	n, err := io.Copy(w, resp.Body)
+	if st.Size > maxBytes {
+		return st, fmt.Errorf("agent get file: %w", tooLarge(fmt.Sprintf("file of %d bytes", st.Size), maxBytes))
+	}
+	// cap+1: a body longer than the cap shows itself by its extra byte,
+	// whether or not the agent announced its length.
+	n, err := io.Copy(w, io.LimitReader(resp.Body, maxBytes+1))
 	if err != nil {
 		return st, fmt.Errorf("agent get file: copy: %w", err)
+	}
+	if n > maxBytes {
+		return st, fmt.Errorf("agent get file: %w", tooLarge("file", maxBytes))
+	}
+	if st.Size < 0 {
+		st.Size = n // sent without a length (chunked)
 	}
 	if n != st.Size {
 		return st, fmt.Errorf("agent get file: got %d of %d bytes", n, st.Size)
@@ -414,8 +440,7 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 		stream.Close()
 		return nil, nil, fmt.Errorf("send request: %w", err)
 	}
-	br := bufio.NewReader(stream)
-	resp, err := http.ReadResponse(br, req)
+	resp, br, err := readResponse(stream, req)
 	if err != nil {
 		stream.Close()
 		if ctx.Err() != nil {

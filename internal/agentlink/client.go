@@ -378,6 +378,29 @@ func (c *Client) PutFile(ctx context.Context, req PutFileRequest, content io.Rea
 // guest that ignores it gets an error wrapping ErrTooLarge after at most
 // maxBytes+1 bytes were copied to w (the caller discards w on error).
 func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.Writer) (proto.FileStat, error) {
+	body, st, err := c.OpenFile(ctx, path, maxBytes)
+	if err != nil {
+		return st, err
+	}
+	defer body.Close()
+	n, err := io.Copy(w, body)
+	if err != nil {
+		return st, err
+	}
+	if st.Size < 0 {
+		st.Size = n
+	}
+	return st, nil
+}
+
+// OpenFile starts reading the regular file at path and returns its stat
+// (Size is -1 when the agent did not announce it) and a reader of its
+// content, so callers can stream it without staging it anywhere. The
+// reader fails with an error wrapping ErrTooLarge past maxBytes
+// (DefaultMaxFileBytes when maxBytes <= 0), and with an error when the
+// content ends short of the announced size. A size the agent announces
+// above maxBytes is refused before any content is read.
+func (c *Client) OpenFile(ctx context.Context, path string, maxBytes int64) (io.ReadCloser, proto.FileStat, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxFileBytes
 	}
@@ -385,13 +408,12 @@ func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.
 	q.Set(proto.QueryMax, strconv.FormatInt(maxBytes, 10))
 	hreq, err := c.newRequest(ctx, http.MethodGet, proto.PathFiles, q, nil)
 	if err != nil {
-		return proto.FileStat{}, err
+		return nil, proto.FileStat{}, err
 	}
 	resp, err := c.do(hreq)
 	if err != nil {
-		return proto.FileStat{}, fmt.Errorf("agent get file: %w", err)
+		return nil, proto.FileStat{}, fmt.Errorf("agent get file: %w", err)
 	}
-	defer resp.Body.Close()
 	st := proto.FileStat{Path: path, Size: resp.ContentLength}
 	if m, err := strconv.ParseUint(resp.Header.Get(proto.HeaderMode), 8, 32); err == nil {
 		st.Mode = uint32(m)
@@ -399,25 +421,39 @@ func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.
 	st.UID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderUID))
 	st.GID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderGID))
 	if st.Size > maxBytes {
-		return st, fmt.Errorf("agent get file: %w", tooLarge(fmt.Sprintf("file of %d bytes", st.Size), maxBytes))
+		resp.Body.Close()
+		return nil, st, fmt.Errorf("agent get file: %w", tooLarge(fmt.Sprintf("file of %d bytes", st.Size), maxBytes))
 	}
 	// cap+1: a body longer than the cap shows itself by its extra byte,
 	// whether or not the agent announced its length.
-	n, err := io.Copy(w, io.LimitReader(resp.Body, maxBytes+1))
-	if err != nil {
-		return st, fmt.Errorf("agent get file: copy: %w", err)
-	}
-	if n > maxBytes {
-		return st, fmt.Errorf("agent get file: %w", tooLarge("file", maxBytes))
-	}
-	if st.Size < 0 {
-		st.Size = n // sent without a length (chunked)
-	}
-	if n != st.Size {
-		return st, fmt.Errorf("agent get file: got %d of %d bytes", n, st.Size)
-	}
-	return st, nil
+	return &fileBody{body: resp.Body, r: io.LimitReader(resp.Body, maxBytes+1), max: maxBytes, size: st.Size}, st, nil
 }
+
+// fileBody is OpenFile's reader.
+type fileBody struct {
+	body io.Closer
+	r    io.Reader
+	max  int64
+	size int64 // announced, or -1
+	n    int64
+}
+
+func (f *fileBody) Read(p []byte) (int, error) {
+	m, err := f.r.Read(p)
+	f.n += int64(m)
+	if f.n > f.max {
+		return 0, fmt.Errorf("agent get file: %w", tooLarge("file", f.max))
+	}
+	if errors.Is(err, io.EOF) && f.size >= 0 && f.n != f.size {
+		return m, fmt.Errorf("agent get file: got %d of %d bytes", f.n, f.size)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("agent get file: %w", err)
+	}
+	return m, err
+}
+
+func (f *fileBody) Close() error { return f.body.Close() }
 
 // upgrade sends an Upgrade request on a fresh stream and returns the stream
 // as a raw pipe once the agent answered 101.

@@ -311,3 +311,34 @@ func TestReverseConnectionCap(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestOpenFileStreams: OpenFile hands back the content as it arrives (no
+// staging), and a body that ends short of its announced size is an error.
+func TestOpenFileStreams(t *testing.T) {
+	release := make(chan struct{})
+	ha := startHostile(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(1<<20))
+		w.Header().Set(proto.HeaderMode, "600")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "first bytes")
+		w.(http.Flusher).Flush()
+		<-release // then the agent dies without sending the rest
+	}))
+	ctx := ctxT(t, 20*time.Second)
+	body, st, err := ha.client.OpenFile(ctx, "/big", 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	if st.Size != 1<<20 || st.Mode != 0o600 {
+		t.Fatalf("stat = %+v", st)
+	}
+	buf := make([]byte, len("first bytes"))
+	if _, err := io.ReadFull(body, buf); err != nil || string(buf) != "first bytes" {
+		t.Fatalf("first read = %q, %v; want the bytes sent so far", buf, err)
+	}
+	close(release)
+	if _, err := io.Copy(io.Discard, body); err == nil {
+		t.Fatal("a body cut short of its announced size read as complete")
+	}
+}

@@ -33,6 +33,8 @@ type Options struct {
 	RateWindow time.Duration
 	// MaxBodyBytes caps JSON request bodies.
 	MaxBodyBytes int64
+	// MaxFileBytes caps file uploads (default DefaultMaxFileBytes).
+	MaxFileBytes int64
 	// Registry receives the HTTP metrics; nil makes a private one with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
@@ -85,6 +87,16 @@ func New(o Options) *Server {
 	reg.MustRegister(s.requests, s.latency)
 	s.routes()
 	return s
+}
+
+// DefaultMaxFileBytes caps file uploads when Options.MaxFileBytes is 0.
+const DefaultMaxFileBytes = 256 << 20
+
+func (s *Server) maxFileBytes() int64 {
+	if s.opts.MaxFileBytes > 0 {
+		return s.opts.MaxFileBytes
+	}
+	return DefaultMaxFileBytes
 }
 
 // Registry is where subsystems register their own metrics.

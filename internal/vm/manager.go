@@ -65,6 +65,11 @@ type Config struct {
 	// StopTimeout bounds a graceful shutdown through the agent before the
 	// hypervisor is stopped hard.
 	StopTimeout time.Duration
+	// MaxFileBytes caps a file read from a VM (0: agentlink's default).
+	MaxFileBytes int64
+	// ConsoleMaxBytes caps the console log file; it is rotated at this
+	// size with one older file kept (0: DefaultConsoleMaxBytes).
+	ConsoleMaxBytes int64
 	// StopOnClose is the shutdown policy "stop": Close stops every running
 	// VM (recorded as stopped) instead of leaving it running for the next
 	// daemon to re-attach.

@@ -15,12 +15,9 @@ import (
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
 	"github.com/hangar-vm/hangar/internal/errs"
-	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
-
-var _ httpapi.VMService = (*Manager)(nil)
 
 func (m *Manager) get(ctx context.Context, caller store.User, id string) (store.VM, error) {
 	v, err := m.store.GetVM(ctx, id, caller.Scope())
@@ -149,6 +146,9 @@ func agentErr(err error) error {
 			return errs.E(errs.TooLarge, "%s", pe.Message)
 		}
 	}
+	if errors.Is(err, agentlink.ErrTooLarge) {
+		return errs.E(errs.TooLarge, "%s", err.Error())
+	}
 	return err
 }
 
@@ -162,29 +162,24 @@ func (m *Manager) PutFile(ctx context.Context, caller store.User, id, path strin
 	return agentErr(err)
 }
 
-// GetFile reads a file from the VM.
-func (m *Manager) GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, httpapi.FileInfo, error) {
+// GetFile streams a file from the VM, at most Config.MaxFileBytes. Nothing
+// is staged on the host: the agent announces the size before the content,
+// so refusals (missing, too large) still become error statuses, and a
+// transfer cut short shows as a body shorter than its Content-Length.
+func (m *Manager) GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, api.FileInfo, error) {
 	c, err := m.readyClient(ctx, caller, id)
 	if err != nil {
-		return nil, httpapi.FileInfo{}, err
+		return nil, api.FileInfo{}, err
 	}
-	// Buffer through a temp file: the size must be known before the
-	// response starts, and a failed read must become an error status.
-	f, err := os.CreateTemp("", "hangar-get-")
+	body, st, err := c.OpenFile(ctx, path, m.cfg.MaxFileBytes)
 	if err != nil {
-		return nil, httpapi.FileInfo{}, err
+		return nil, api.FileInfo{}, agentErr(err)
 	}
-	os.Remove(f.Name())
-	st, err := c.GetFile(ctx, path, httpapi.MaxFileBytes, f)
-	if err != nil {
-		f.Close()
-		return nil, httpapi.FileInfo{}, agentErr(err)
+	if st.Size < 0 {
+		body.Close()
+		return nil, api.FileInfo{}, errs.E(errs.Unavailable, "vm %s: the agent sent a file without its size", id)
 	}
-	if _, err := f.Seek(0, 0); err != nil {
-		f.Close()
-		return nil, httpapi.FileInfo{}, err
-	}
-	return f, httpapi.FileInfo{Size: st.Size, Mode: uint32(st.Mode)}, nil
+	return body, api.FileInfo{Size: st.Size, Mode: st.Mode}, nil
 }
 
 // Logs writes the console log or one service's log.

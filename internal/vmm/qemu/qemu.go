@@ -168,7 +168,7 @@ func Args(spec vmm.Spec, accel string, p paths) []string {
 		a = append(a, "-initrd", spec.InitrdPath)
 	}
 	a = append(a,
-		"-chardev", "file,id=con,path="+optEscape(p.console)+",logappend=on",
+		"-chardev", "file,id=con,path="+optEscape(p.console)+",append=on",
 		"-serial", "chardev:con",
 	)
 	if spec.BaseDisk != "" {

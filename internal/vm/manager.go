@@ -558,10 +558,21 @@ func (m *Manager) watch(id string, h vmm.Handle) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		select {
-		case <-h.Done():
-		case <-m.closing:
-			return
+		// The hypervisor appends to the console file itself: bound it
+		// while the VM runs.
+		tick := time.NewTicker(consoleCheckInterval)
+		defer tick.Stop()
+		for running := true; running; {
+			if _, err := rotateConsole(m.ConsolePath(id), m.consoleMax()); err != nil {
+				m.log.Warn("console rotation failed", "vm_id", id, "err", err)
+			}
+			select {
+			case <-h.Done():
+				running = false
+			case <-m.closing:
+				return
+			case <-tick.C:
+			}
 		}
 		in := m.inst(id)
 		in.mu.Lock()
@@ -652,29 +663,6 @@ func ensureUpperDisk(ctx context.Context, path string, sizeMiB int) error {
 		return fmt.Errorf("mkfs.ext4 upper disk: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return os.Rename(tmp, path)
-}
-
-// lastLines returns up to n last non-empty lines of a file.
-func lastLines(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const tailBytes = 16 << 10
-	if fi, err := f.Stat(); err == nil && fi.Size() > tailBytes {
-		_, _ = f.Seek(fi.Size()-tailBytes, 0)
-	}
-	b := make([]byte, tailBytes)
-	k, _ := f.Read(b)
-	lines := strings.Split(strings.TrimRight(string(b[:k]), "\r\n"), "\n")
-	var keep []string
-	for i := len(lines) - 1; i >= 0 && len(keep) < n; i-- {
-		if l := strings.TrimSpace(strings.TrimRight(lines[i], "\r")); l != "" {
-			keep = append([]string{l}, keep...)
-		}
-	}
-	return proto.RedactKernelArgs(strings.Join(keep, "\n"))
 }
 
 // Recover re-attaches to what survived a daemon restart: VMs whose

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -209,14 +208,49 @@ func (m *Manager) Logs(ctx context.Context, caller store.User, id, service strin
 	return m.filterConsole(v.ID, service, w)
 }
 
-// consoleLog copies the console log line by line, with the agent token
-// that the kernel prints in its command line at boot redacted; following,
-// it waits for more until ctx ends.
+// consoleLog copies the console log line by line (the rotated older file
+// first), with the agent token that the kernel prints in its command line
+// at boot redacted; following, it waits for more until ctx ends and
+// follows the file across rotations. Lines are bounded (lineReader).
 func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.Writer) error {
+	path := m.ConsolePath(id)
+	write := func(line string) bool {
+		_, err := io.WriteString(w, proto.RedactKernelArgs(line))
+		return err == nil
+	}
+	copyFrom := func(name string, off int64) (bool, error) {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		defer f.Close()
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return false, err
+		}
+		lr := newLineReader(f)
+		for {
+			line, err := lr.next(true)
+			if err == io.EOF {
+				return true, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			if !write(line) {
+				return false, nil
+			}
+		}
+	}
+	if ok, err := copyFrom(path+rotatedSuffix, 0); !ok || err != nil {
+		return err
+	}
 	var f *os.File
 	for {
 		var err error
-		f, err = os.Open(m.ConsolePath(id))
+		f, err = os.Open(path)
 		if err == nil {
 			break
 		}
@@ -233,55 +267,76 @@ func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.W
 		}
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 64<<10)
-	var partial string
+	rotatedID := fileID(path + rotatedSuffix)
+	lr := newLineReader(f)
 	for {
-		chunk, err := br.ReadString('\n')
-		partial += chunk
-		if strings.HasSuffix(partial, "\n") || (err == io.EOF && !follow && partial != "") {
-			if _, werr := io.WriteString(w, proto.RedactKernelArgs(partial)); werr != nil {
+		line, err := lr.next(!follow)
+		if err == nil {
+			if !write(line) {
 				return nil
 			}
-			partial = ""
+			continue
 		}
-		if err == io.EOF {
-			if !follow {
-				return nil
+		if err != io.EOF {
+			return err
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if id := fileID(path + rotatedSuffix); id != rotatedID {
+			// Rotated (every rotation renames a new older file into
+			// place): what was written after our last read and before
+			// the rotation is at the end of the older file.
+			rotatedID = id
+			cur, _ := f.Seek(0, io.SeekCurrent)
+			if ok, err := copyFrom(path+rotatedSuffix, cur); !ok || err != nil {
+				return err
 			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(200 * time.Millisecond):
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
 			}
+			lr.reset(f)
+		}
+	}
+}
+
+// filterConsole writes the console lines (rotated file first) that carry
+// "[service] ", from that prefix on, each line bounded.
+func (m *Manager) filterConsole(id, service string, w io.Writer) error {
+	prefix := "[" + service + "] "
+	for _, name := range []string{m.ConsolePath(id) + rotatedSuffix, m.ConsolePath(id)} {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-	}
-}
-
-func (m *Manager) filterConsole(id, service string, w io.Writer) error {
-	f, err := os.Open(m.ConsolePath(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	prefix := "[" + service + "] "
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if i := strings.Index(line, prefix); i >= 0 {
-			if _, err := fmt.Fprintln(w, proto.RedactKernelArgs(line[i:])); err != nil {
-				return nil
+		lr := newLineReader(f)
+		for {
+			line, err := lr.next(true)
+			if err != nil {
+				f.Close()
+				if err != io.EOF {
+					return err
+				}
+				break
+			}
+			line = strings.TrimRight(line, "\r\n")
+			if i := strings.Index(line, prefix); i >= 0 {
+				if _, err := fmt.Fprintln(w, proto.RedactKernelArgs(line[i:])); err != nil {
+					f.Close()
+					return nil
+				}
 			}
 		}
 	}
-	return sc.Err()
+	return nil
 }
 
 // Stop shuts the VM down: gracefully through the agent, then hard.

@@ -2,13 +2,11 @@ package agentlink_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,61 +14,20 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/hangar-vm/hangar/internal/agentlink"
+	"github.com/hangar-vm/hangar/internal/agentlink/agenttest"
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
 )
 
-// hostileAgent is a guest that replaced hangar-agent with its own program:
-// it speaks the handshake and yamux, then answers with whatever its handler
-// writes, and can open streams towards the host at will.
+// hostileAgent is a guest that replaced hangar-agent with its own program
+// (see package agenttest).
 type hostileAgent struct {
 	client *agentlink.Client
 	sess   *yamux.Session // the guest's side
 }
 
-type guestRW struct {
-	br *bufio.Reader
-	io.WriteCloser
-}
-
-func (g *guestRW) Read(p []byte) (int, error) { return g.br.Read(p) }
-
 func startHostile(t *testing.T, h http.Handler) *hostileAgent {
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "hostile.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	sessCh := make(chan *yamux.Session, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		br := bufio.NewReader(conn)
-		if _, err := proto.ServerHandshake(br, conn, "hostile"); err != nil {
-			conn.Close()
-			return
-		}
-		cfg := yamux.DefaultConfig()
-		cfg.LogOutput = io.Discard
-		sess, err := yamux.Server(&guestRW{br: br, WriteCloser: conn}, cfg)
-		if err != nil {
-			conn.Close()
-			return
-		}
-		sessCh <- sess
-		_ = http.Serve(sess, h)
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := agentlink.DialQEMU(ctx, sock, agentlink.Options{Token: testToken})
-	if err != nil {
-		t.Fatalf("dial hostile agent: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &hostileAgent{client: c, sess: <-sessCh}
+	a := agenttest.Start(t, h)
+	return &hostileAgent{client: a.Client, sess: a.Session}
 }
 
 // countingWriter counts what the host copied out of the link.

@@ -292,18 +292,27 @@ func (p *Process) Signal(sig syscall.Signal) error {
 // Kill sends SIGKILL.
 func (p *Process) Kill() error { return p.Signal(syscall.SIGKILL) }
 
-// Release stops watching without touching the process.
-func (p *Process) Release() {
+// Release stops watching without touching the process. It reports
+// whether this call released it (false when it already was).
+func (p *Process) Release() bool {
 	p.mu.Lock()
 	if p.released {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	p.released = true
 	p.mu.Unlock()
 	// Closing the pidfd wakes watch, which then returns without closing
 	// done.
 	p.pidfd.Close()
+	return true
+}
+
+// Released reports whether Release was called.
+func (p *Process) Released() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.released
 }
 
 // ProcStartTime reads field 22 (starttime) of /proc/<pid>/stat.

@@ -51,11 +51,21 @@ type dnsFilter struct {
 	ttlCap time.Duration
 	log    *slog.Logger
 
-	mu      sync.Mutex // guards closers and closed
-	closers []io.Closer
+	mu sync.Mutex // guards closers and closed
+	// closers are the listeners and open TCP connections, closed by Close.
+	closers map[io.Closer]struct{}
 	closed  bool
 	wg      sync.WaitGroup
 }
+
+// Limits on what a guest may hold of its slot's DNS server over TCP.
+const (
+	// dnsMaxTCPConns bounds TCP connections open at once per slot; more
+	// are closed as they arrive.
+	dnsMaxTCPConns = 16
+	// dnsTCPIdleTimeout closes a TCP connection that sends no query.
+	dnsTCPIdleTimeout = 30 * time.Second
+)
 
 // serveUDP answers queries on pc until it is closed.
 func (f *dnsFilter) serveUDP(pc net.PacketConn) {
@@ -101,10 +111,18 @@ func (f *dnsFilter) serveTCP(ln net.Listener) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		slots := make(chan struct{}, dnsMaxTCPConns)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				f.log.Warn("dns tcp connection refused: too many open", "limit", dnsMaxTCPConns)
+				c.Close()
+				continue
 			}
 			if !f.track(c) {
 				return
@@ -112,9 +130,10 @@ func (f *dnsFilter) serveTCP(ln net.Listener) {
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
-				defer c.Close()
+				defer func() { <-slots }()
+				defer f.untrack(c)
 				for {
-					_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+					_ = c.SetDeadline(time.Now().Add(dnsTCPIdleTimeout))
 					q, err := readTCPMsg(c)
 					if err != nil {
 						return
@@ -138,8 +157,19 @@ func (f *dnsFilter) track(c io.Closer) bool {
 		c.Close()
 		return false
 	}
-	f.closers = append(f.closers, c)
+	if f.closers == nil {
+		f.closers = map[io.Closer]struct{}{}
+	}
+	f.closers[c] = struct{}{}
 	return true
+}
+
+// untrack closes c and forgets it.
+func (f *dnsFilter) untrack(c io.Closer) {
+	c.Close()
+	f.mu.Lock()
+	delete(f.closers, c)
+	f.mu.Unlock()
 }
 
 // Close stops the listeners and waits for in-flight queries.
@@ -149,7 +179,7 @@ func (f *dnsFilter) Close() {
 	cs := f.closers
 	f.closers = nil
 	f.mu.Unlock()
-	for _, c := range cs {
+	for c := range cs {
 		c.Close()
 	}
 	f.wg.Wait()

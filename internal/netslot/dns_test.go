@@ -204,3 +204,56 @@ func TestPolicyParsing(t *testing.T) {
 		t.Error("unknown mode accepted")
 	}
 }
+
+// TestDNSTCPConnectionsBounded: a guest holding TCP connections to its
+// slot's DNS server gets at most dnsMaxTCPConns; the next is closed at
+// once, and closed connections are forgotten (not kept until the slot
+// goes).
+func TestDNSTCPConnectionsBounded(t *testing.T) {
+	fx := newDNSFixture(t, func(string) dnsVerdict { return dnsForward })
+	tracked := func() int {
+		fx.filter.mu.Lock()
+		defer fx.filter.mu.Unlock()
+		return len(fx.filter.closers)
+	}
+	base := tracked() // the listeners
+	var held []net.Conn
+	for range dnsMaxTCPConns {
+		c, err := net.DialTimeout("tcp", fx.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tracked() != base+dnsMaxTCPConns {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections tracked, want %d", tracked()-base, dnsMaxTCPConns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	extra, err := net.DialTimeout("tcp", fx.addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("connection past the cap: read = %v, want it closed", err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for tracked() != base {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d closed connections still tracked", tracked()-base)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

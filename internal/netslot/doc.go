@@ -78,6 +78,17 @@
 // the daemon's namespace, adding the credentials itself. Upstream
 // addresses in loopback, link-local, the pool or AlwaysBlock are refused.
 //
+// # Limits
+//
+// The guest is the client of both the DNS filter and the forwarder, and it
+// may be hostile, so what it can hold of the daemon is bounded per slot:
+// the forwarder takes ForwarderOptions.MaxConns connections at once
+// (64; more are answered 503), a request head of 32 KiB sent within 30 s
+// (431 beyond), 2 minutes of idle keep-alive, and closes a CONNECT tunnel
+// in which neither side sent a byte for 10 minutes; the DNS filter answers
+// at most 32 UDP questions at once and holds at most 16 TCP connections,
+// each closed after 30 s without a query.
+//
 // # Lifecycle
 //
 // Manager keeps Config.PoolSize slots ready (namespace, links, TAP, rules

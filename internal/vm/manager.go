@@ -124,6 +124,9 @@ type instance struct {
 	// booting is set while a boot goroutine runs (reconciliation leaves
 	// the VM's process and directories alone meanwhile).
 	booting bool
+	// unresponsiveSince is when the agent of a ready VM first missed a
+	// liveness probe, zero while it answers (see liveness.go).
+	unresponsiveSince time.Time
 }
 
 // runtimeDoc is what the store keeps to re-attach after a daemon restart.
@@ -498,6 +501,7 @@ func (m *Manager) attach(ctx context.Context, id string, h vmm.Handle, token str
 		return err
 	}
 	m.log.Info("vm ready", "vm_id", id, "boot_phases", phasesString(phases))
+	m.watchLiveness(id, h, token)
 	m.publish(v, "vm_ready", map[string]any{"boot_phases": phases})
 	// Keep draining the agent's events for the VM's life: service state
 	// changes go to the daemon log.

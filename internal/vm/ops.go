@@ -37,6 +37,9 @@ func (m *Manager) toAPI(v store.VM) api.VM {
 		ImageID: rt.ImageID, KernelVersion: rt.KernelRelease, BootPhases: rt.Phases,
 		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 	}
+	if v.State == api.VMReady {
+		markUnresponsive(&out, m.inst(v.ID).unresponsive())
+	}
 	return out
 }
 
@@ -85,6 +88,9 @@ func (m *Manager) readyClient(ctx context.Context, caller store.User, id string)
 	if v.State != api.VMReady {
 		return nil, errs.E(errs.Conflict, "vm %s is %s, not ready", id, v.State)
 	}
+	if since := m.inst(id).unresponsive(); !since.IsZero() {
+		return nil, errs.E(errs.Unavailable, "vm %s is unresponsive: its agent has not answered since %s", id, since.UTC().Format(time.RFC3339))
+	}
 	// Right after a daemon restart the record says ready while the link is
 	// being re-attached (well under a second): wait for it briefly.
 	deadline := time.Now().Add(5 * time.Second)
@@ -124,13 +130,30 @@ func (m *Manager) Exec(ctx context.Context, caller store.User, id string, req ap
 	if req.Stdin != "" {
 		stdin = strings.NewReader(req.Stdin)
 	}
-	preq := proto.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, User: req.User, Timeout: proto.Duration(time.Duration(req.TimeoutS) * time.Second)}
+	timeout := time.Duration(req.TimeoutS) * time.Second
+	preq := proto.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, User: req.User, Timeout: proto.Duration(timeout)}
+	if timeout > 0 {
+		// The agent enforces the timeout, but a frozen guest enforces
+		// nothing: the host gives up too, a little later.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout+execTimeoutGrace, errExecNoAnswer)
+		defer cancel()
+	}
 	code, err := c.Exec(ctx, preq, stdin, stdout, stderr)
 	if err != nil {
+		if errors.Is(context.Cause(ctx), errExecNoAnswer) {
+			return 0, errs.E(errs.Unavailable, "vm %s did not end the command within %s of its %s timeout; the VM may be unresponsive", id, execTimeoutGrace, timeout)
+		}
 		return 0, agentErr(err)
 	}
 	return code, nil
 }
+
+// execTimeoutGrace is how long past a command's timeout the host waits
+// for the agent's answer.
+const execTimeoutGrace = 5 * time.Second
+
+var errExecNoAnswer = errors.New("no answer from the agent after the command's timeout")
 
 // agentErr turns an agent's refusal into a user-facing error.
 func agentErr(err error) error {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hangar-vm/hangar/internal/hostenv"
 )
 
 // Process is a hypervisor process, either started by this daemon or
@@ -55,7 +57,9 @@ type ProcessOptions struct {
 	// NetnsPath, when set, starts the process inside that network
 	// namespace (through nsenter, which execs in place: the pid stays).
 	NetnsPath string
-	// Env is the environment; nil inherits the daemon's.
+	// Env is the environment; nil is hostenv.Minimal(): a hypervisor
+	// runs guest-controlled emulation and must not hold the daemon's
+	// secrets (HANGAR_SEAL_KEY, the database URL).
 	Env []string
 }
 
@@ -86,6 +90,9 @@ func StartProcess(argv []string, opts ProcessOptions) (*Process, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = opts.Dir
 	cmd.Env = opts.Env
+	if cmd.Env == nil {
+		cmd.Env = hostenv.Minimal()
+	}
 	cmd.Stdout = stdout
 	cmd.Stderr = out
 	// Setsid: its own session and process group, so the daemon's

@@ -62,7 +62,8 @@ func TestArgsTCG(t *testing.T) {
 	}
 	check("-machine", "pc")
 	check("-accel", "tcg,thread=multi")
-	check("-cpu", "max")
+	check("-cpu", "max,vmx=off,svm=off") // no nested virtualization for the guest
+	check("-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny")
 	check("-smp", "2")
 	check("-m", "1024")
 	check("-kernel", "/img/kernel-x/bzImage")
@@ -98,7 +99,7 @@ func TestArgsKVMNetRestoreInitrd(t *testing.T) {
 	if got := argAfter(a, "-accel"); !slices.Equal(got, []string{"kvm"}) {
 		t.Errorf("-accel %q", got)
 	}
-	if got := argAfter(a, "-cpu"); !slices.Equal(got, []string{"host"}) {
+	if got := argAfter(a, "-cpu"); !slices.Equal(got, []string{"host,vmx=off,svm=off"}) {
 		t.Errorf("-cpu %q", got)
 	}
 	if got := argAfter(a, "-initrd"); !slices.Equal(got, []string{"/tmp/initrd.cpio"}) {
@@ -139,7 +140,8 @@ func TestShellQuote(t *testing.T) {
 }
 
 // TestConsoleSurvivesRestart runs the real QEMU binary with the driver's
-// own command line (minus the kernel, which need not exist: QEMU opens its
+// own command line (which also shows this QEMU accepts its -cpu and
+// -sandbox options: they are parsed before the kernel is loaded) (minus the kernel, which need not exist: QEMU opens its
 // chardevs before it loads one and exits then) over a console file that
 // holds an earlier boot's lines. Restarting a failed VM must not erase the
 // console evidence hangar promises to keep: QEMU's "logappend" applies to

@@ -462,7 +462,7 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 	if err != nil {
 		return nil, nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { stream.Close() })
+	stop := context.AfterFunc(ctx, func() { abort(stream) })
 	defer stop()
 	req, err := c.newRequest(ctx, http.MethodPost, path, q, strings.NewReader(string(body)))
 	if err != nil {
@@ -491,6 +491,15 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 		return nil, nil, err
 	}
 	return stream, br, nil
+}
+
+// abort ends a stream's pending reads and writes at once, then closes it.
+// Closing alone is not enough when the guest is frozen: yamux's Close waits
+// until its FIN is written (up to its write timeout) before it wakes a
+// reader, so a call would outlive its context by that much.
+func abort(stream net.Conn) {
+	_ = stream.SetDeadline(time.Unix(1, 0))
+	go stream.Close()
 }
 
 // DialPort opens a raw byte stream to 127.0.0.1:port inside the guest (no

@@ -2,6 +2,7 @@ package agentlink_test
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -297,5 +298,34 @@ func TestOpenFileStreams(t *testing.T) {
 	close(release)
 	if _, err := io.Copy(io.Discard, body); err == nil {
 		t.Fatal("a body cut short of its announced size read as complete")
+	}
+}
+
+// TestCallsEndWithTheirContextOnAHungAgent: an agent that takes a request
+// and never answers (a hung guest; its session stays up) does not hold a
+// call past its context. yamux's Close is only a half-close, so a call
+// that merely closed its stream kept waiting for an answer until the
+// whole session died.
+func TestCallsEndWithTheirContextOnAHungAgent(t *testing.T) {
+	hang := make(chan struct{})
+	defer close(hang)
+	ha := startHostile(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-hang // ignores the request's context, as a frozen guest does
+	}))
+	for name, call := range map[string]func(ctx context.Context) error{
+		"exec": func(ctx context.Context) error {
+			_, err := ha.client.Exec(ctx, proto.ExecRequest{Argv: []string{"true"}}, nil, nil, nil)
+			return err
+		},
+		"port": func(ctx context.Context) error { _, err := ha.client.DialPort(ctx, 5900); return err },
+		"get":  func(ctx context.Context) error { _, err := ha.client.Health(ctx); return err },
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		began := time.Now()
+		err := call(ctx)
+		cancel()
+		if err == nil || time.Since(began) > 3*time.Second {
+			t.Fatalf("%s against a hung agent: %v after %v; want an error soon after 300ms", name, err, time.Since(began))
+		}
 	}
 }

@@ -377,6 +377,11 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 	default:
 		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
 	}
+	// From here the work belongs to the daemon, not to the request: a
+	// client that disconnects must not turn a graceful stop (the guest
+	// syncs its disks) into a kill.
+	ctx, cancel := m.lifecycleContext(ctx)
+	defer cancel()
 	if v, err = m.setState(ctx, id, api.VMStopping, ""); err != nil {
 		return api.VM{}, err
 	}
@@ -453,7 +458,16 @@ func (m *Manager) Destroy(ctx context.Context, caller store.User, id string) err
 	if v.State == api.VMDestroyed {
 		return errs.E(errs.NotFound, "vm %s not found", id)
 	}
+	ctx, cancel := m.lifecycleContext(ctx)
+	defer cancel()
 	return m.destroy(ctx, v)
+}
+
+// lifecycleContext detaches lifecycle work (stop, destroy) from the
+// request that asked for it, keeping its values, and bounds it instead by
+// the graceful-stop timeout plus time for the hard stop and the network.
+func (m *Manager) lifecycleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), m.cfg.StopTimeout+time.Minute)
 }
 
 func (m *Manager) destroy(ctx context.Context, v store.VM) error {

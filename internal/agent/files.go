@@ -68,6 +68,8 @@ func mapErrno(err error, name string) error {
 		return &pathError{http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%q is not a directory", name)}
 	case errors.Is(err, unix.EISDIR):
 		return &pathError{http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%q is a directory", name)}
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return &pathError{http.StatusInsufficientStorage, proto.CodeNoSpace, fmt.Sprintf("%q: no space left on the device", name)}
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		return &pathError{http.StatusForbidden, proto.CodeForbidden, fmt.Sprintf("%q: permission denied", name)}
 	}
@@ -177,7 +179,13 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 			_ = unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
-	n, err := io.Copy(f, io.LimitReader(r.Body, a.cfg.MaxFileBytes+1))
+	fw := &fileWriter{f: f}
+	n, err := io.Copy(fw, io.LimitReader(r.Body, a.cfg.MaxFileBytes+1))
+	if fw.err != nil {
+		// The disk, not the request, failed (ENOSPC is its own answer).
+		writePathError(w, mapErrno(fw.err, name))
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, proto.CodeBadRequest, "read body: "+err.Error())
 		return
@@ -198,6 +206,10 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := f.Sync(); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			writePathError(w, mapErrno(err, name))
+			return
+		}
 		writeError(w, http.StatusInternalServerError, proto.CodeInternal, "fsync: "+err.Error())
 		return
 	}
@@ -213,6 +225,21 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 	var fst unix.Stat_t
 	_ = unix.Fstat(int(f.Fd()), &fst)
 	writeJSON(w, http.StatusOK, proto.FileStat{Path: "/" + strings.Join(comps, "/"), Size: n, Mode: fst.Mode & 0o7777, UID: int(fst.Uid), GID: int(fst.Gid)})
+}
+
+// fileWriter remembers a write error so it is not taken for a failure to
+// read the request body.
+type fileWriter struct {
+	f   *os.File
+	err error
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 func setidBits(mode uint64) os.FileMode {

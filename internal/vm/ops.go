@@ -166,6 +166,8 @@ func agentErr(err error) error {
 			return errs.E(errs.NotFound, "%s", pe.Message)
 		case pe.Status == 413:
 			return errs.E(errs.TooLarge, "%s", pe.Message)
+		case pe.Code == proto.CodeNoSpace:
+			return errs.E(errs.NoSpace, "%s", pe.Message)
 		}
 	}
 	if errors.Is(err, agentlink.ErrTooLarge) {

@@ -234,6 +234,9 @@ func (m *Manager) Create(ctx context.Context, caller store.User, req api.CreateV
 	if err != nil {
 		return api.VM{}, err
 	}
+	if err := m.checkHeadroom(req.Kind); err != nil {
+		return api.VM{}, err
+	}
 	m.createMu.Lock()
 	defer m.createMu.Unlock()
 	all, err := m.store.ListVMs(ctx, "")

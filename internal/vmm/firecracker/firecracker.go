@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hangar-vm/hangar/internal/hostenv"
 	"github.com/hangar-vm/hangar/internal/vmm"
 )
 
@@ -62,6 +63,10 @@ type Config struct {
 	StopGrace time.Duration
 	// Logger receives driver logs; nil discards.
 	Logger *slog.Logger
+	// Env is added to the process's minimal environment (it never gets
+	// the daemon's; see internal/hostenv). Tests use it to turn the test
+	// binary into a fake Firecracker.
+	Env []string
 }
 
 // Driver is the Firecracker vmm.Driver.
@@ -225,6 +230,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		// process's stdout.
 		StdoutPath: p.console,
 		NetnsPath:  netnsOf(spec),
+		Env:        hostenv.Minimal(d.cfg.Env...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("firecracker start: %w", err)

@@ -69,7 +69,7 @@ FUZZTIME ?= 10m
 FUZZ_TARGETS := ./internal/agentlink/proto:FuzzReadFrame ./internal/agentlink/proto:FuzzServerHandshake \
   ./internal/agentlink/proto:FuzzReadMarkedLine ./internal/liveview:FuzzViewOnlyFilter \
   ./internal/login:FuzzProviderOutput ./internal/login:FuzzCredentialJSON \
-  ./internal/netslot:FuzzDNSQuery ./internal/netslot:FuzzCapTTLs
+  ./internal/netslot:FuzzDNSQuery ./internal/netslot:FuzzCapTTLs ./internal/netslot:FuzzSOCKSConnect
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "== $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \

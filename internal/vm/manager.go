@@ -293,6 +293,11 @@ func (m *Manager) startBoot(id string) {
 				m.log.Info("boot cancelled", "vm_id", id)
 				return
 			}
+			if errors.Is(err, errHypervisorGone) {
+				// The exit watcher records this failure, once, with the
+				// hypervisor's exit status and stderr tail.
+				return
+			}
 			m.fail(id, err)
 		}
 	}()

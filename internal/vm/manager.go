@@ -70,6 +70,9 @@ type Config struct {
 	// ConsoleMaxBytes caps the console log file; it is rotated at this
 	// size with one older file kept (0: DefaultConsoleMaxBytes).
 	ConsoleMaxBytes int64
+	// RecoverTimeout bounds re-attaching to one hypervisor at daemon start
+	// (default 30 s); all are re-attached at once.
+	RecoverTimeout time.Duration
 	// StopOnClose is the shutdown policy "stop": Close stops every running
 	// VM (recorded as stopped) instead of leaving it running for the next
 	// daemon to re-attach.
@@ -166,6 +169,9 @@ func New(cfg Config, st store.Store, bus *events.Bus, images Images, driver vmm.
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.RecoverTimeout == 0 {
+		cfg.RecoverTimeout = 30 * time.Second
 	}
 	m := &Manager{cfg: cfg, store: st, bus: bus, images: images, driver: driver, log: log, vms: map[string]*instance{}, metrics: newMetrics(), closing: make(chan struct{})}
 	if a, ok := driver.(Accelerated); ok {
@@ -693,6 +699,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	recovered := m.recoverHandles(ctx, vs)
 	for _, v := range vs {
 		switch v.State {
 		case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping:
@@ -711,7 +718,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			m.startBoot(v.ID)
 			continue
 		}
-		h, err := m.driver.Recover(ctx, *rt.VMM)
+		h, err := recovered[v.ID].h, recovered[v.ID].err
 		if err != nil {
 			if v.State == api.VMStopping {
 				_, _ = m.setState(ctx, v.ID, api.VMStopped, "")

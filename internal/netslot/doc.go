@@ -34,10 +34,14 @@
 //
 // Mode none drops every connection the guest starts and answers DNS with
 // REFUSED (the agent link is vsock/virtio-serial, not the network). Mode
-// full allows everything except the always-blocked destinations. Mode
-// allow permits AllowCIDRs plus the addresses the slot's DNS filter
-// answered for AllowDomains ("example.com" exactly, "*.example.com" for
-// names below it).
+// full allows every public address: private and internal ranges
+// (privateRanges: RFC 1918, 100.64.0.0/10 and the like, where the host's
+// networks and cloud-internal services live) are closed. Mode allow
+// permits AllowCIDRs (which may open a private range explicitly) plus the
+// public addresses the slot's DNS filter answered for AllowDomains
+// ("example.com" exactly, "*.example.com" for names below it). Only
+// packets whose source is the guest's address leave a slot, and with an
+// upstream proxy nothing leaves directly: the forwarder is the way out.
 //
 // Domains are enforced by DNS: the guest's resolver is the gateway, where
 // a filter run by the daemon (a listener bound inside the slot namespace)

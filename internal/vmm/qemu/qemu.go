@@ -153,13 +153,16 @@ func Args(spec vmm.Spec, accel string, p paths) []string {
 		// TSC calibration under TCG without pit/rtc; see notes).
 		"-machine", "pc",
 	}
-	// The guest is untrusted: no nested virtualization (vmx/svm) is
-	// offered to it, which would hand guest root the host's KVM attack
-	// surface one level down.
+	// The guest is untrusted: under KVM no nested virtualization
+	// (vmx/svm) is offered to it, which would hand guest root the host's
+	// KVM attack surface one level down. Under TCG nesting is emulated
+	// and reaches no host KVM; there "max,vmx=off,svm=off" made Chromium
+	// in the browser VM die at start (int3 after "Invalid file descriptor
+	// to ICU data"), so TCG keeps plain max.
 	if accel == vmm.AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host,vmx=off,svm=off")
 	} else {
-		a = append(a, "-accel", "tcg,thread=multi", "-cpu", "max,vmx=off,svm=off")
+		a = append(a, "-accel", "tcg,thread=multi", "-cpu", "max")
 	}
 	// QEMU's seccomp filter: no obsolete syscalls, no setuid/setgid, no
 	// scheduler or resource changes. spawn stays allowed because

@@ -18,7 +18,7 @@ TEST_TIMEOUT ?= 50m
 
 export HANGAR_STAGE_LOG ?= $(CURDIR)/.stages.log
 
-.PHONY: install run test deps test-deps build images vet unit bench clean stage-summary
+.PHONY: install run test deps test-deps build images vet unit bench fuzz clean stage-summary
 
 ## run: install what is missing, build, build the guest images, start the daemon
 run: deps build images
@@ -72,6 +72,20 @@ vet:
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+# Fuzz targets of what a guest or a browser feeds the host. `go test` runs
+# their seed corpora; this runs each for FUZZTIME (go test -fuzz takes one
+# target at a time).
+FUZZTIME ?= 10m
+FUZZ_TARGETS := ./internal/agentlink/proto:FuzzReadFrame ./internal/agentlink/proto:FuzzServerHandshake \
+  ./internal/agentlink/proto:FuzzReadMarkedLine ./internal/liveview:FuzzViewOnlyFilter \
+  ./internal/login:FuzzProviderOutput ./internal/login:FuzzCredentialJSON \
+  ./internal/netslot:FuzzDNSQuery ./internal/netslot:FuzzCapTTLs ./internal/netslot:FuzzSOCKSConnect
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) $${t%%:*}; \
+	done
 
 clean:
 	rm -rf bin .stages.log

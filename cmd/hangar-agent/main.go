@@ -152,6 +152,9 @@ func runPID1() {
 	if earlyErr != nil {
 		log.Error("early mounts", "err", earlyErr)
 	}
+	if err := agent.DisableCtrlAltDel(); err != nil {
+		log.Error("ctrl-alt-del would restart the guest without a clean shutdown", "err", err)
+	}
 	start := time.Now()
 	if err := agent.SetupRoot(log, params.Upper); err != nil {
 		log.Error("overlay root failed: running on the read-only base; writes outside /run and /tmp will fail", "err", err)

@@ -109,7 +109,7 @@ func followLogin(ctx context.Context, c *client.Client, provider, mode string, s
 			fmt.Fprintf(stdout, "Connected %s; the credentials are stored sealed.\n", provider)
 			return nil
 		case api.AuthFailed, api.AuthTimeout, api.AuthCancelled:
-			return fmt.Errorf("login %s: %s", s.State, s.Error)
+			return fmt.Errorf("login %s: %s", s.State, sanitize(s.Error, true))
 		}
 	}
 }

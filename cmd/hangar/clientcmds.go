@@ -80,7 +80,14 @@ func table(w io.Writer, header string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, header)
 	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
+		// Cells may hold guest text (errors, service states): one line,
+		// no control characters.
+		cells := make([]string, len(r))
+		for i, c := range r {
+			c, _, _ = strings.Cut(c, "\n")
+			cells[i] = sanitize(c, false)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	return tw.Flush()
 }

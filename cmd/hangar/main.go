@@ -21,7 +21,8 @@ func main() {
 		os.Exit(ee.code)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		// Errors may quote a guest (an agent's refusal, a console line).
+		fmt.Fprintln(os.Stderr, "error:", sanitize(err.Error(), true))
 		os.Exit(1)
 	}
 }

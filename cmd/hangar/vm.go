@@ -31,7 +31,10 @@ func (o *rootOptions) printVM(w io.Writer, vm api.VM) error {
 	}
 	fmt.Fprintf(w, "id:          %s\nkind:        %s\nstate:       %s\n", vm.ID, vm.Kind, vm.State)
 	if vm.LastError != "" {
-		fmt.Fprintf(w, "last error:  %s\n", strings.ReplaceAll(vm.LastError, "\n", "\n             "))
+		fmt.Fprintf(w, "last error:  %s\n", strings.ReplaceAll(sanitize(vm.LastError, true), "\n", "\n             "))
+	}
+	if vm.Unresponsive && vm.UnresponsiveSince != nil {
+		fmt.Fprintf(w, "unresponsive: its agent has not answered for %s\n", time.Since(*vm.UnresponsiveSince).Round(time.Second))
 	}
 	fmt.Fprintf(w, "owner:       %s\nshape:       %d vCPU, %d MiB\nhypervisor:  %s (%s)\n", vm.OwnerID, vm.VCPUs, vm.MemoryMiB, vm.Hypervisor, vm.Acceleration)
 	if vm.ImageID != "" {

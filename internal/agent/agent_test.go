@@ -22,13 +22,35 @@ func TestRingKeepsNewestWithinBudget(t *testing.T) {
 	total := 0
 	lines := r.snapshot()
 	for _, l := range lines {
-		total += len(l.Line)
+		total += cost(l)
 	}
-	if total > 1000 || len(lines) != 10 {
-		t.Fatalf("%d bytes in %d lines", total, len(lines))
+	if want := 1000 / (91 + lineOverhead); total > 1000 || len(lines) != want {
+		t.Fatalf("%d bytes in %d lines, want %d lines", total, len(lines), want)
 	}
 	if last := lines[len(lines)-1].Line; last[len(last)-1] != byte('a'+499%26) {
 		t.Fatalf("newest line lost: %q", last)
+	}
+}
+
+// TestRingBoundedUnderEmptyLineFlood: empty lines cost their overhead, so
+// a service printing nothing but newlines cannot grow the agent (PID 1)
+// without bound.
+func TestRingBoundedUnderEmptyLineFlood(t *testing.T) {
+	const budget = 64 << 10
+	h := newLogHub(budget, nil, time.Now)
+	for range 1_000_000 {
+		h.add("flood", "")
+	}
+	h.mu.Lock()
+	r := h.rings["flood"]
+	kept, capacity := len(r.lines)-r.head, cap(r.lines)
+	h.mu.Unlock()
+	if max := budget / lineOverhead; kept > max || kept == 0 {
+		t.Fatalf("ring keeps %d empty lines, want 1..%d within %d bytes", kept, max, budget)
+	}
+	// The slice behind the ring stays near what is kept (compaction).
+	if capacity > 4*(budget/lineOverhead)+128 {
+		t.Fatalf("ring's slice has capacity %d for %d kept lines", capacity, kept)
 	}
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -67,6 +68,8 @@ func mapErrno(err error, name string) error {
 		return &pathError{http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%q is not a directory", name)}
 	case errors.Is(err, unix.EISDIR):
 		return &pathError{http.StatusBadRequest, proto.CodeBadRequest, fmt.Sprintf("%q is a directory", name)}
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return &pathError{http.StatusInsufficientStorage, proto.CodeNoSpace, fmt.Sprintf("%q: no space left on the device", name)}
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		return &pathError{http.StatusForbidden, proto.CodeForbidden, fmt.Sprintf("%q: permission denied", name)}
 	}
@@ -176,7 +179,13 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 			_ = unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
-	n, err := io.Copy(f, io.LimitReader(r.Body, a.cfg.MaxFileBytes+1))
+	fw := &fileWriter{f: f}
+	n, err := io.Copy(fw, io.LimitReader(r.Body, a.cfg.MaxFileBytes+1))
+	if fw.err != nil {
+		// The disk, not the request, failed (ENOSPC is its own answer).
+		writePathError(w, mapErrno(fw.err, name))
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, proto.CodeBadRequest, "read body: "+err.Error())
 		return
@@ -197,6 +206,10 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := f.Sync(); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			writePathError(w, mapErrno(err, name))
+			return
+		}
 		writeError(w, http.StatusInternalServerError, proto.CodeInternal, "fsync: "+err.Error())
 		return
 	}
@@ -212,6 +225,21 @@ func (a *Agent) handlePutFile(w http.ResponseWriter, r *http.Request) {
 	var fst unix.Stat_t
 	_ = unix.Fstat(int(f.Fd()), &fst)
 	writeJSON(w, http.StatusOK, proto.FileStat{Path: "/" + strings.Join(comps, "/"), Size: n, Mode: fst.Mode & 0o7777, UID: int(fst.Uid), GID: int(fst.Gid)})
+}
+
+// fileWriter remembers a write error so it is not taken for a failure to
+// read the request body.
+type fileWriter struct {
+	f   *os.File
+	err error
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 func setidBits(mode uint64) os.FileMode {
@@ -273,11 +301,28 @@ func (a *Agent) handleGetFile(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("file of %d bytes exceeds the limit of %d bytes", st.Size, limit))
 		return
 	}
+	var body io.Reader = io.LimitReader(f, st.Size)
+	if st.Size == 0 {
+		// Files under /proc and /sys report size 0 but have content:
+		// read them to EOF, within the limit, to learn their length
+		// before the answer starts.
+		b, err := io.ReadAll(io.LimitReader(f, limit+1))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, proto.CodeInternal, "read: "+err.Error())
+			return
+		}
+		if int64(len(b)) > limit {
+			writeError(w, http.StatusRequestEntityTooLarge, proto.CodeTooLarge, fmt.Sprintf("file exceeds the limit of %d bytes", limit))
+			return
+		}
+		st.Size = int64(len(b))
+		body = bytes.NewReader(b)
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(st.Size, 10))
 	w.Header().Set(proto.HeaderMode, strconv.FormatUint(uint64(st.Mode&0o7777), 8))
 	w.Header().Set(proto.HeaderUID, strconv.Itoa(int(st.Uid)))
 	w.Header().Set(proto.HeaderGID, strconv.Itoa(int(st.Gid)))
 	w.WriteHeader(http.StatusOK)
-	_, _ = io.CopyN(w, f, st.Size)
+	_, _ = io.Copy(w, body)
 }

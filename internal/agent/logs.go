@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
 )
@@ -14,7 +15,18 @@ import (
 // maxLineBytes splits longer lines so one runaway line cannot fill a ring.
 const maxLineBytes = 4096
 
-// ring keeps the newest lines of one service within a byte budget.
+// lineOverhead is what one kept line costs besides its text: the
+// proto.LogLine in the ring's slice (56 bytes on 64-bit) and the string's
+// allocation header, rounded up. Counting it is what bounds the ring under
+// a flood of empty lines, which would otherwise cost nothing against the
+// budget and grow PID 1 until the guest dies.
+const lineOverhead = int(unsafe.Sizeof(proto.LogLine{})) + 32
+
+// cost is what a line counts against a ring's budget.
+func cost(l proto.LogLine) int { return len(l.Line) + lineOverhead }
+
+// ring keeps the newest lines of one service within a byte budget, text
+// and per-line overhead both counted.
 type ring struct {
 	limit int
 	// lines is a FIFO; head indexes the oldest kept line.
@@ -25,9 +37,9 @@ type ring struct {
 
 func (r *ring) add(l proto.LogLine) {
 	r.lines = append(r.lines, l)
-	r.bytes += len(l.Line)
+	r.bytes += cost(l)
 	for r.bytes > r.limit && r.head < len(r.lines) {
-		r.bytes -= len(r.lines[r.head].Line)
+		r.bytes -= cost(r.lines[r.head])
 		r.lines[r.head] = proto.LogLine{}
 		r.head++
 	}

@@ -37,6 +37,16 @@ func mountIgnoreBusy(source, target, fstype string, flags uintptr, data string) 
 	return nil
 }
 
+// DisableCtrlAltDel makes the kernel send SIGINT to PID 1 on
+// Ctrl-Alt-Del instead of restarting at once. Firecracker's graceful stop
+// is SendCtrlAltDel: with the kernel's default the guest restarted without
+// stopping its services or syncing its disks, so a "graceful" stop lost
+// data like a kill. With it off, the agent's SIGINT handler shuts down
+// properly and then reboots, which ends Firecracker.
+func DisableCtrlAltDel() error {
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+}
+
 // MountEarly mounts /proc, /sys and /dev (devtmpfs; the kernel may have
 // mounted it already) on the booted root.
 func MountEarly() error {

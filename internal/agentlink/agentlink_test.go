@@ -310,6 +310,23 @@ func TestFiles(t *testing.T) {
 			t.Fatalf("get over max: want too_large, got %v", err)
 		}
 	})
+	t.Run("proc files read to EOF", func(t *testing.T) {
+		// /proc reports size 0 for files with content.
+		want, err := os.ReadFile("/proc/version")
+		if err != nil || len(want) == 0 {
+			t.Skipf("no /proc/version here: %v", err)
+		}
+		var got bytes.Buffer
+		st, err := c.GetFile(ctx, "/proc/version", 0, &got)
+		if err != nil || got.String() != string(want) || st.Size != int64(len(want)) {
+			t.Fatalf("get /proc/version = %q (size %d), %v; want %q", got.String(), st.Size, err, want)
+		}
+		// The cap still holds for them.
+		_, err = c.GetFile(ctx, "/proc/version", 10, io.Discard)
+		if !errors.Is(err, &proto.Error{Code: proto.CodeTooLarge}) {
+			t.Fatalf("get /proc/version over max: want too_large, got %v", err)
+		}
+	})
 	t.Run("missing file", func(t *testing.T) {
 		_, err := c.GetFile(ctx, filepath.Join(dir, "nope"), 0, io.Discard)
 		if !errors.Is(err, &proto.Error{Code: proto.CodeNotFound}) {

@@ -66,6 +66,9 @@ func yamuxConfig() *yamux.Config {
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.MaxStreamWindowSize = 1 << 20
+	// Streams the guest opens wait here until acceptStreams takes them;
+	// yamux resets the ones beyond the backlog instead of queueing them.
+	cfg.AcceptBacklog = acceptBacklog
 	return cfg
 }
 
@@ -102,10 +105,15 @@ func New(ctx context.Context, conn io.ReadWriteCloser, opts Options) (*Client, e
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return c.openStream(ctx)
 		},
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     time.Minute,
-		DisableCompression:  true,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        time.Minute,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}}
+	// Every stream the guest opens is taken at once and either handed to
+	// a reverse-forward handler or closed: an untaken stream would pin
+	// its receive window in host memory for the session's lifetime.
+	go c.acceptStreams()
 	return c, nil
 }
 
@@ -162,7 +170,7 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 func decodeError(resp *http.Response) error {
 	var body proto.ErrorBody
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	if json.Unmarshal(b, &body) == nil && body.Error != nil {
 		body.Error.Status = resp.StatusCode
 		return body.Error
@@ -180,7 +188,7 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	if err := decodeJSON(resp.Body, v); err != nil {
 		return fmt.Errorf("decode answer: %w", err)
 	}
 	return nil
@@ -257,10 +265,13 @@ func (c *Client) Events(ctx context.Context) (<-chan proto.Event, error) {
 	go func() {
 		defer close(ch)
 		defer resp.Body.Close()
-		dec := json.NewDecoder(resp.Body)
+		dec := newNDJSONReader(resp.Body)
 		for {
 			var ev proto.Event
-			if err := dec.Decode(&ev); err != nil {
+			if err := dec.next(&ev); err != nil {
+				if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+					c.log.Warn("agent event stream refused", "err", err)
+				}
 				return
 			}
 			select {
@@ -296,10 +307,10 @@ func (c *Client) Logs(ctx context.Context, req proto.LogsRequest, fn func(proto.
 		return fmt.Errorf("agent logs: %w", err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(resp.Body)
+	dec := newNDJSONReader(resp.Body)
 	for {
 		var l proto.LogLine
-		if err := dec.Decode(&l); err != nil {
+		if err := dec.next(&l); err != nil {
 			if errors.Is(err, io.EOF) || ctx.Err() != nil {
 				return nil
 			}
@@ -355,43 +366,94 @@ func (c *Client) PutFile(ctx context.Context, req PutFileRequest, content io.Rea
 	}
 	defer resp.Body.Close()
 	var st proto.FileStat
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := decodeJSON(resp.Body, &st); err != nil {
 		return st, fmt.Errorf("agent put file: decode answer: %w", err)
 	}
 	return st, nil
 }
 
-// GetFile copies the regular file at path to w. maxBytes > 0 refuses larger
-// files before any byte is sent (the agent's own limit applies too).
+// GetFile copies the regular file at path to w, at most maxBytes
+// (DefaultMaxFileBytes when maxBytes <= 0). The cap is enforced here: it is
+// also sent to the agent so an honest one refuses before sending, but a
+// guest that ignores it gets an error wrapping ErrTooLarge after at most
+// maxBytes+1 bytes were copied to w (the caller discards w on error).
 func (c *Client) GetFile(ctx context.Context, path string, maxBytes int64, w io.Writer) (proto.FileStat, error) {
-	q := url.Values{proto.QueryPath: {path}}
-	if maxBytes > 0 {
-		q.Set(proto.QueryMax, strconv.FormatInt(maxBytes, 10))
+	body, st, err := c.OpenFile(ctx, path, maxBytes)
+	if err != nil {
+		return st, err
 	}
+	defer body.Close()
+	n, err := io.Copy(w, body)
+	if err != nil {
+		return st, err
+	}
+	if st.Size < 0 {
+		st.Size = n
+	}
+	return st, nil
+}
+
+// OpenFile starts reading the regular file at path and returns its stat
+// (Size is -1 when the agent did not announce it) and a reader of its
+// content, so callers can stream it without staging it anywhere. The
+// reader fails with an error wrapping ErrTooLarge past maxBytes
+// (DefaultMaxFileBytes when maxBytes <= 0), and with an error when the
+// content ends short of the announced size. A size the agent announces
+// above maxBytes is refused before any content is read.
+func (c *Client) OpenFile(ctx context.Context, path string, maxBytes int64) (io.ReadCloser, proto.FileStat, error) {
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxFileBytes
+	}
+	q := url.Values{proto.QueryPath: {path}}
+	q.Set(proto.QueryMax, strconv.FormatInt(maxBytes, 10))
 	hreq, err := c.newRequest(ctx, http.MethodGet, proto.PathFiles, q, nil)
 	if err != nil {
-		return proto.FileStat{}, err
+		return nil, proto.FileStat{}, err
 	}
 	resp, err := c.do(hreq)
 	if err != nil {
-		return proto.FileStat{}, fmt.Errorf("agent get file: %w", err)
+		return nil, proto.FileStat{}, fmt.Errorf("agent get file: %w", err)
 	}
-	defer resp.Body.Close()
 	st := proto.FileStat{Path: path, Size: resp.ContentLength}
 	if m, err := strconv.ParseUint(resp.Header.Get(proto.HeaderMode), 8, 32); err == nil {
 		st.Mode = uint32(m)
 	}
 	st.UID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderUID))
 	st.GID, _ = strconv.Atoi(resp.Header.Get(proto.HeaderGID))
-	n, err := io.Copy(w, resp.Body)
-	if err != nil {
-		return st, fmt.Errorf("agent get file: copy: %w", err)
+	if st.Size > maxBytes {
+		resp.Body.Close()
+		return nil, st, fmt.Errorf("agent get file: %w", tooLarge(fmt.Sprintf("file of %d bytes", st.Size), maxBytes))
 	}
-	if n != st.Size {
-		return st, fmt.Errorf("agent get file: got %d of %d bytes", n, st.Size)
-	}
-	return st, nil
+	// cap+1: a body longer than the cap shows itself by its extra byte,
+	// whether or not the agent announced its length.
+	return &fileBody{body: resp.Body, r: io.LimitReader(resp.Body, maxBytes+1), max: maxBytes, size: st.Size}, st, nil
 }
+
+// fileBody is OpenFile's reader.
+type fileBody struct {
+	body io.Closer
+	r    io.Reader
+	max  int64
+	size int64 // announced, or -1
+	n    int64
+}
+
+func (f *fileBody) Read(p []byte) (int, error) {
+	m, err := f.r.Read(p)
+	f.n += int64(m)
+	if f.n > f.max {
+		return 0, fmt.Errorf("agent get file: %w", tooLarge("file", f.max))
+	}
+	if errors.Is(err, io.EOF) && f.size >= 0 && f.n != f.size {
+		return m, fmt.Errorf("agent get file: got %d of %d bytes", f.n, f.size)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("agent get file: %w", err)
+	}
+	return m, err
+}
+
+func (f *fileBody) Close() error { return f.body.Close() }
 
 // upgrade sends an Upgrade request on a fresh stream and returns the stream
 // as a raw pipe once the agent answered 101.
@@ -400,7 +462,7 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 	if err != nil {
 		return nil, nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { stream.Close() })
+	stop := context.AfterFunc(ctx, func() { abort(stream) })
 	defer stop()
 	req, err := c.newRequest(ctx, http.MethodPost, path, q, strings.NewReader(string(body)))
 	if err != nil {
@@ -414,8 +476,7 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 		stream.Close()
 		return nil, nil, fmt.Errorf("send request: %w", err)
 	}
-	br := bufio.NewReader(stream)
-	resp, err := http.ReadResponse(br, req)
+	resp, br, err := readResponse(stream, req)
 	if err != nil {
 		stream.Close()
 		if ctx.Err() != nil {
@@ -430,6 +491,15 @@ func (c *Client) upgrade(ctx context.Context, path string, q url.Values, protoco
 		return nil, nil, err
 	}
 	return stream, br, nil
+}
+
+// abort ends a stream's pending reads and writes at once, then closes it.
+// Closing alone is not enough when the guest is frozen: yamux's Close waits
+// until its FIN is written (up to its write timeout) before it wakes a
+// reader, so a call would outlive its context by that much.
+func abort(stream net.Conn) {
+	_ = stream.SetDeadline(time.Unix(1, 0))
+	go stream.Close()
 }
 
 // DialPort opens a raw byte stream to 127.0.0.1:port inside the guest (no

@@ -40,7 +40,7 @@ func (c *Client) StartExec(ctx context.Context, req proto.ExecRequest) (*ExecSes
 	}
 	s := &ExecSession{stream: stream, br: br}
 	// Closing the stream makes the agent kill the command.
-	s.stop = context.AfterFunc(ctx, func() { stream.Close() })
+	s.stop = context.AfterFunc(ctx, func() { abort(stream) })
 	return s, nil
 }
 

@@ -39,6 +39,24 @@ func TestMain(m *testing.M) {
 			go func() { _, _ = io.Copy(c, c); c.Close() }()
 		}
 	}
+	if sock := os.Getenv("HANGAR_TEST_AGENT_SOCK"); sock != "" {
+		// An agent on a Unix socket, in whatever mount namespace the
+		// test started this process in (see TestPutFileOnAFullDisk).
+		a, err := agent.New(agent.Config{Token: testToken, Console: os.Stderr})
+		if err != nil {
+			os.Stderr.WriteString("helper agent: " + err.Error() + "\n")
+			os.Exit(2)
+		}
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			os.Stderr.WriteString("helper listen: " + err.Error() + "\n")
+			os.Exit(2)
+		}
+		ctx := context.Background()
+		go func() { _ = a.Run(ctx) }()
+		_ = a.ServeListener(ctx, ln)
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 

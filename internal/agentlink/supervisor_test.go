@@ -215,7 +215,9 @@ func TestRingBound(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if total > ringBytes || n < 50 || last != "line-1999-padding-padding-padding" {
+	// Each kept line also counts its overhead (about 90 bytes) against
+	// the budget, so 4 KiB keeps a few dozen of these.
+	if total > ringBytes || n < 20 || last != "line-1999-padding-padding-padding" {
 		t.Fatalf("ring holds %d bytes in %d lines, last %q", total, n, last)
 	}
 	// Follow: a new line written after the request arrives.

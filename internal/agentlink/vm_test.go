@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,17 +115,19 @@ type qemuVM struct {
 	cmd     *exec.Cmd
 	sock    string
 	console string
+	// monitor is QEMU's human monitor (HMP) socket.
+	monitor string
 	exited  chan error
 }
 
 func startQEMU(t *testing.T, dir, kernel, base, upper string, p proto.Params) *qemuVM {
 	t.Helper()
-	vm := &qemuVM{sock: filepath.Join(dir, "agent.sock"), console: filepath.Join(dir, "console.log"), exited: make(chan error, 1)}
+	vm := &qemuVM{sock: filepath.Join(dir, "agent.sock"), console: filepath.Join(dir, "console.log"), monitor: filepath.Join(dir, "mon.sock"), exited: make(chan error, 1)}
 	// quiet keeps the kernel from echoing its command line (and so the
 	// token) to the console, which hangar preserves.
 	appendArgs := "console=ttyS0 quiet root=/dev/vda ro rootfstype=ext4 init=/usr/sbin/hangar-agent panic=1 " + proto.KernelArgs(p)
 	vm.cmd = exec.Command("qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
-		"-display", "none", "-monitor", "none", "-no-reboot", "-serial", "file:"+vm.console,
+		"-display", "none", "-monitor", "unix:"+vm.monitor+",server=on,wait=off", "-no-reboot", "-serial", "file:"+vm.console,
 		"-kernel", kernel, "-append", appendArgs,
 		"-drive", "file="+base+",if=virtio,readonly=on,format=raw",
 		"-drive", "file="+upper+",if=virtio,format=raw",
@@ -383,5 +386,52 @@ func TestRealVMTmpfsUpper(t *testing.T) {
 	b, _ := os.ReadFile(spare)
 	if !bytes.Equal(b, make([]byte, 1<<20)) {
 		t.Fatal("the spare disk was written")
+	}
+}
+
+// TestRealVMCtrlAltDelIsAGracefulShutdown: Ctrl-Alt-Del (Firecracker's
+// graceful stop) makes the agent stop its services, sync and power off,
+// instead of the kernel restarting the guest at once.
+func TestRealVMCtrlAltDelIsAGracefulShutdown(t *testing.T) {
+	kernel := findKernel()
+	needVM(t, kernel != "", "no guest kernel (set HANGAR_TEST_KERNEL)")
+	_, qerr := exec.LookPath("qemu-system-x86_64")
+	needVM(t, qerr == nil, "qemu-system-x86_64 not installed")
+	_, berr := exec.LookPath("busybox")
+	needVM(t, berr == nil, "busybox (static) not installed; apt-get install busybox-static")
+	needVM(t, os.Getuid() == 0, "needs root to chown files in the test image")
+	dir := t.TempDir()
+	base := buildTestRootfs(t, dir)
+	spare := filepath.Join(dir, "spare.img")
+	if err := os.WriteFile(spare, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	token, _ := proto.NewToken()
+	vm := startQEMU(t, dir, kernel, base, spare, proto.Params{Token: token, Upper: proto.UpperTmpfs, Hostname: "cad"})
+	ctx := ctxT(t, 3*time.Minute)
+	c := vm.dial(t, ctx, token)
+	defer c.Close()
+	if _, err := c.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mon, err := net.Dial("unix", vm.monitor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	if _, err := io.WriteString(mon, "sendkey ctrl-alt-delete\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-vm.exited:
+		if err != nil {
+			t.Fatalf("qemu after ctrl-alt-del: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the VM did not end after ctrl-alt-del")
+	}
+	b, _ := os.ReadFile(vm.console)
+	if !bytes.Contains(b, []byte("signal received, shutting down")) || !bytes.Contains(b, []byte("services stopped")) {
+		t.Fatalf("ctrl-alt-del did not shut the guest down through the agent; console:\n%s", b)
 	}
 }

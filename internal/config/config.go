@@ -33,6 +33,13 @@ type Config struct {
 	RateLimit string `json:"rate_limit"`
 	// MaxBodyBytes caps request bodies (file uploads have their own cap).
 	MaxBodyBytes int64 `json:"max_body_bytes"`
+	// MaxFileBytes caps a file uploaded to or downloaded from a VM; the
+	// host enforces it on downloads whatever the guest sends.
+	MaxFileBytes int64 `json:"max_file_bytes"`
+	// ConsoleMaxBytes caps a VM's console log file. Guest root can write
+	// to the serial port directly, so the file is rotated at this size
+	// (one older file is kept beside it).
+	ConsoleMaxBytes int64 `json:"console_max_bytes"`
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// after SIGTERM.
 	ShutdownTimeout Duration `json:"shutdown_timeout"`
@@ -181,6 +188,8 @@ func Default() Config {
 		MaxMemoryMiBPerUser:    32768,
 		MaxDiskMiBPerUser:      65536,
 		EventRetention:         Duration(7 * 24 * time.Hour),
+		MaxFileBytes:           256 << 20,
+		ConsoleMaxBytes:        8 << 20,
 
 		VMShutdownPolicy:  "leave",
 		ReconcileInterval: Duration(time.Minute),
@@ -252,6 +261,16 @@ var envVars = []struct {
 	{"HANGAR_MAX_BODY_BYTES", func(c *Config, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		c.MaxBodyBytes = n
+		return err
+	}},
+	{"HANGAR_MAX_FILE_BYTES", func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		c.MaxFileBytes = n
+		return err
+	}},
+	{"HANGAR_CONSOLE_MAX_BYTES", func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		c.ConsoleMaxBytes = n
 		return err
 	}},
 	{"HANGAR_SHUTDOWN_TIMEOUT", func(c *Config, v string) error {
@@ -401,6 +420,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
+	}
+	if c.MaxFileBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max_file_bytes %d: must be at least 1024", c.MaxFileBytes))
+	}
+	if c.ConsoleMaxBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("console_max_bytes %d: must be at least 65536", c.ConsoleMaxBytes))
 	}
 	if c.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("shutdown_timeout must be positive"))

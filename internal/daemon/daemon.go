@@ -109,7 +109,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	limit, window, _ := config.ParseRateLimit(cfg.RateLimit)
 	d.api = httpapi.New(httpapi.Options{
 		Store: st, Events: d.bus, Log: log.With("component", "api"), Version: Version,
-		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes,
+		RateLimit: limit, RateWindow: window, MaxBodyBytes: cfg.MaxBodyBytes, MaxFileBytes: cfg.MaxFileBytes,
 		Root: dashboard.Handler(),
 	})
 	// The API's event poller reads the store: it stops before the store
@@ -127,7 +127,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 		MaxBrowserVMsPerUser: cfg.MaxBrowserVMsPerUser, MaxVCPUsPerUser: cfg.MaxVCPUsPerUser,
 		MaxMemoryMiBPerUser: cfg.MaxMemoryMiBPerUser, MaxDiskMiBPerUser: cfg.MaxDiskMiBPerUser,
 		BootTimeout: time.Duration(cfg.BootTimeout), LogRetention: time.Duration(cfg.LogRetention),
-		StopOnClose: cfg.VMShutdownPolicy == "stop",
+		StopOnClose: cfg.VMShutdownPolicy == "stop", MaxFileBytes: cfg.MaxFileBytes, ConsoleMaxBytes: cfg.ConsoleMaxBytes,
 	}, st, d.bus, &imageSource{cache: d.images, log: log.With("component", "image"), images: map[string]image.Image{}, vmlinux: driver.Name() == "firecracker"}, driver, log.With("component", "vm"))
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)

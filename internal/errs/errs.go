@@ -20,6 +20,7 @@ const (
 	Quota                       // a quota or limit refuses it (429)
 	Unavailable                 // try again later, e.g. an image is being built (503)
 	TooLarge                    // the payload is over a limit (413)
+	NoSpace                     // the VM's disk is full (507)
 )
 
 // Error is an error of a Kind whose message is safe to show the caller.

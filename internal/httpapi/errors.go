@@ -55,6 +55,8 @@ func toAPIError(err error) *apiError {
 			return &apiError{http.StatusServiceUnavailable, api.CodeUnavailable, e.Msg}
 		case errs.TooLarge:
 			return &apiError{http.StatusRequestEntityTooLarge, api.CodeTooLarge, e.Msg}
+		case errs.NoSpace:
+			return &apiError{http.StatusInsufficientStorage, api.CodeNoSpace, e.Msg}
 		}
 	}
 	switch {

@@ -38,6 +38,8 @@ type Options struct {
 	// BodyReadTimeout bounds reading one request body (default 60 s, plus
 	// a second per 256 KiB of the route's body limit); see body.go.
 	BodyReadTimeout time.Duration
+	// MaxFileBytes caps file uploads (default DefaultMaxFileBytes).
+	MaxFileBytes int64
 	// Registry receives the HTTP metrics; nil makes a private one with the
 	// Go runtime and process collectors.
 	Registry *prometheus.Registry
@@ -97,6 +99,16 @@ func New(o Options) *Server {
 		go o.Events.Poll(ctx, ssePoll)
 	}
 	return s
+}
+
+// DefaultMaxFileBytes caps file uploads when Options.MaxFileBytes is 0.
+const DefaultMaxFileBytes = 256 << 20
+
+func (s *Server) maxFileBytes() int64 {
+	if s.opts.MaxFileBytes > 0 {
+		return s.opts.MaxFileBytes
+	}
+	return DefaultMaxFileBytes
 }
 
 // Registry is where subsystems register their own metrics.

@@ -14,12 +14,6 @@ import (
 	"github.com/hangar-vm/hangar/pkg/api"
 )
 
-// FileInfo describes a file read from a VM.
-type FileInfo struct {
-	Size int64
-	Mode uint32
-}
-
 // VMService is what the API needs of the VM manager. Every method is scoped
 // to the caller: a VM of another user is "not found" unless the caller is an
 // admin. Errors carry an errs.Kind.
@@ -29,7 +23,9 @@ type VMService interface {
 	List(ctx context.Context, caller store.User) ([]api.VM, error)
 	Exec(ctx context.Context, caller store.User, id string, req api.ExecRequest, stdout, stderr io.Writer) (exitCode int, err error)
 	PutFile(ctx context.Context, caller store.User, id, path string, mode uint32, r io.Reader) error
-	GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, FileInfo, error)
+	// GetFile returns the file's content as a stream and its size and mode
+	// (known before the content, so a failed read is an error status).
+	GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, api.FileInfo, error)
 	// Logs writes the console log (service "" or "console") or one
 	// service's log to w, following it while follow is set and the VM runs.
 	Logs(ctx context.Context, caller store.User, id, service string, follow bool, w io.Writer) error
@@ -37,9 +33,6 @@ type VMService interface {
 	Start(ctx context.Context, caller store.User, id string) (api.VM, error)
 	Destroy(ctx context.Context, caller store.User, id string) error
 }
-
-// MaxFileBytes caps uploads through the files API.
-const MaxFileBytes = 256 << 20
 
 // MountVMs adds the VM routes backed by vms.
 func (s *Server) MountVMs(vms VMService) {
@@ -162,13 +155,13 @@ func (s *Server) MountVMs(vms VMService) {
 		if err := vms.PutFile(r.Context(), userFrom(r.Context()), r.PathValue("id"), path, uint32(mode), r.Body); err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "file is larger than %d bytes", int64(MaxFileBytes))
+				return errorf(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "file is larger than %d bytes", s.maxFileBytes())
 			}
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	}}, MaxFileBytes)
+	}}, s.maxFileBytes())
 }
 
 // flushWriter flushes after every write so streamed output arrives live.

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/hangar-vm/hangar/internal/hostenv"
 )
 
 const modulePath = "github.com/hangar-vm/hangar"
@@ -124,7 +126,7 @@ func (c *Cache) resolveAgent(ctx context.Context) (agentBin, error) {
 	// repository, not just in the agent.
 	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", tmp.Name(), "./cmd/hangar-agent")
 	cmd.Dir = src
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
+	cmd.Env = hostenv.Scrubbed("CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return agentBin{}, &BuildError{Artifact: "agent", Step: "go build ./cmd/hangar-agent", Err: err,
 			Tail: lastN(strings.Split(strings.TrimSpace(string(out)), "\n"), tailLines)}

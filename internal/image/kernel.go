@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hangar-vm/hangar/internal/hostenv"
 )
 
 // Kernel is a built guest kernel in the cache.
@@ -166,8 +168,9 @@ func (c *Cache) buildKernel(ctx context.Context, id string, inputs map[string]st
 	// An outer make (the repository Makefile runs `hangar image build`)
 	// exports its flags and jobserver to children; the kernel's make must
 	// not inherit them (its -j and output would follow the outer make's).
-	env := make([]string, 0, len(os.Environ()))
-	for _, e := range os.Environ() {
+	// Nor does it get the daemon's secrets (hostenv.Scrubbed).
+	var env []string
+	for _, e := range hostenv.Scrubbed() {
 		if k, _, _ := strings.Cut(e, "="); k != "MAKEFLAGS" && k != "MFLAGS" && k != "MAKELEVEL" && k != "MAKEOVERRIDES" {
 			env = append(env, e)
 		}

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hangar-vm/hangar/internal/hostenv"
 )
 
 // layer is a cached root tree.
@@ -236,6 +238,21 @@ func writeJSON(path string, v any) error {
 }
 
 // chrootEnv is the environment of commands run inside a root tree.
+// npmEnv is the environment of the host-side npm install: npm runs the
+// packages' lifecycle scripts as root, so it gets hostenv.Minimal (PATH
+// with the installed node first, HOME, proxies) and none of the daemon's
+// secrets.
+func npmEnv(prefix string) []string {
+	env := hostenv.Minimal()
+	for i, e := range env {
+		if strings.HasPrefix(e, "PATH=") {
+			env[i] = "PATH=" + filepath.Join(prefix, "bin") + ":" + strings.TrimPrefix(e, "PATH=")
+			return env
+		}
+	}
+	return append(env, "PATH="+filepath.Join(prefix, "bin"))
+}
+
 var chrootEnv = []string{
 	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	"HOME=/root",
@@ -533,7 +550,7 @@ func (c *Cache) installCLIs(ctx context.Context, b *build, root, dl string, clis
 		args = append(args, p.Name+"@"+p.Version)
 	}
 	cmd := exec.CommandContext(ctx, filepath.Join(prefix, "bin/node"), args...)
-	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(prefix, "bin")+":"+os.Getenv("PATH"))
+	cmd.Env = npmEnv(prefix)
 	if err := b.run(ctx, cmd, nil); err != nil {
 		return err
 	}

@@ -250,6 +250,12 @@ func (d *Driver) Run(ctx context.Context, ev Events) (Capture, error) {
 	}
 }
 
+// maxCredentialFileBytes bounds one credential file read from the guest.
+// agentlink.Client.GetFile enforces it on the host (it copies at most
+// cap+1 bytes and fails), so a hostile guest cannot make the daemon buffer
+// more, whatever its agent answers.
+const maxCredentialFileBytes = 1 << 20
+
 // capture reads every credential file twice, half a second apart, and
 // accepts them when they are complete and stable.
 func (d *Driver) capture(ctx context.Context) (Capture, error) {
@@ -257,7 +263,7 @@ func (d *Driver) capture(ctx context.Context) (Capture, error) {
 		files := map[string][]byte{}
 		for _, f := range d.recipe.Credentials {
 			var b bytes.Buffer
-			if _, err := d.link.GetFile(ctx, f.Path, 1<<20, &b); err != nil {
+			if _, err := d.link.GetFile(ctx, f.Path, maxCredentialFileBytes, &b); err != nil {
 				if f.Required {
 					return nil, fmt.Errorf("credential file %s: %w", f.Path, err)
 				}

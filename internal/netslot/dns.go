@@ -12,16 +12,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 )
 
-// DNS message constants (RFC 1035).
 const (
-	dnsHeaderLen   = 12
-	dnsTypeA       = 1
-	dnsClassIN     = 1
-	rcodeServFail  = 2
-	rcodeNotImp    = 4
-	rcodeRefused   = 5
+	// dnsHeaderLen is the fixed header of a DNS message (RFC 1035).
+	dnsHeaderLen = 12
+	// dnsExchangeTTL bounds one exchange with the upstream resolver.
 	dnsExchangeTTL = 5 * time.Second
 )
 
@@ -51,11 +49,21 @@ type dnsFilter struct {
 	ttlCap time.Duration
 	log    *slog.Logger
 
-	mu      sync.Mutex // guards closers and closed
-	closers []io.Closer
+	mu sync.Mutex // guards closers and closed
+	// closers are the listeners and open TCP connections, closed by Close.
+	closers map[io.Closer]struct{}
 	closed  bool
 	wg      sync.WaitGroup
 }
+
+// Limits on what a guest may hold of its slot's DNS server over TCP.
+const (
+	// dnsMaxTCPConns bounds TCP connections open at once per slot; more
+	// are closed as they arrive.
+	dnsMaxTCPConns = 16
+	// dnsTCPIdleTimeout closes a TCP connection that sends no query.
+	dnsTCPIdleTimeout = 30 * time.Second
+)
 
 // serveUDP answers queries on pc until it is closed.
 func (f *dnsFilter) serveUDP(pc net.PacketConn) {
@@ -101,10 +109,18 @@ func (f *dnsFilter) serveTCP(ln net.Listener) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		slots := make(chan struct{}, dnsMaxTCPConns)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				f.log.Warn("dns tcp connection refused: too many open", "limit", dnsMaxTCPConns)
+				c.Close()
+				continue
 			}
 			if !f.track(c) {
 				return
@@ -112,9 +128,10 @@ func (f *dnsFilter) serveTCP(ln net.Listener) {
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
-				defer c.Close()
+				defer func() { <-slots }()
+				defer f.untrack(c)
 				for {
-					_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+					_ = c.SetDeadline(time.Now().Add(dnsTCPIdleTimeout))
 					q, err := readTCPMsg(c)
 					if err != nil {
 						return
@@ -138,8 +155,19 @@ func (f *dnsFilter) track(c io.Closer) bool {
 		c.Close()
 		return false
 	}
-	f.closers = append(f.closers, c)
+	if f.closers == nil {
+		f.closers = map[io.Closer]struct{}{}
+	}
+	f.closers[c] = struct{}{}
 	return true
+}
+
+// untrack closes c and forgets it.
+func (f *dnsFilter) untrack(c io.Closer) {
+	c.Close()
+	f.mu.Lock()
+	delete(f.closers, c)
+	f.mu.Unlock()
 }
 
 // Close stops the listeners and waits for in-flight queries.
@@ -149,50 +177,45 @@ func (f *dnsFilter) Close() {
 	cs := f.closers
 	f.closers = nil
 	f.mu.Unlock()
-	for _, c := range cs {
+	for c := range cs {
 		c.Close()
 	}
 	f.wg.Wait()
 }
 
 // handle answers one query; nil means no answer at all (unparseable).
+// Queries come from the guest and answers from the upstream resolver;
+// both are parsed with golang.org/x/net/dns/dnsmessage, which refuses
+// what a hand-written parser let through (a label containing a dot, which
+// made the name the policy judged differ from the name resolved).
 func (f *dnsFilter) handle(ctx context.Context, q []byte, network string) []byte {
-	if len(q) < dnsHeaderLen {
-		return nil
-	}
-	flags := binary.BigEndian.Uint16(q[2:])
-	if flags&0x8000 != 0 { // a response, not a query
-		return nil
-	}
-	if binary.BigEndian.Uint16(q[4:]) != 1 {
-		return nil // no or several questions: nothing sane to answer
-	}
-	name, qEnd, err := parseQuestion(q)
+	hdr, question, err := parseQuery(q)
 	if err != nil {
 		return nil
 	}
-	if (flags>>11)&0xf != 0 {
-		return dnsError(q, qEnd, rcodeNotImp)
+	if hdr.OpCode != 0 {
+		return dnsError(hdr, question, dnsmessage.RCodeNotImplemented)
 	}
+	name := questionName(question)
 	verdict := f.decide(name)
 	if verdict == dnsRefuse {
 		f.log.Debug("dns refused", "name", name)
-		return dnsError(q, qEnd, rcodeRefused)
+		return dnsError(hdr, question, dnsmessage.RCodeRefused)
 	}
 	resp, err := f.exchange(ctx, q, network)
 	if err != nil {
 		f.log.Warn("dns upstream failed", "name", name, "err", err)
-		return dnsError(q, qEnd, rcodeServFail)
+		return dnsError(hdr, question, dnsmessage.RCodeServerFailure)
 	}
-	addrs, err := capTTLs(resp, uint32(f.ttlCap/time.Second))
+	resp, addrs, err := capTTLs(resp, uint32(f.ttlCap/time.Second))
 	if err != nil {
 		f.log.Warn("dns upstream answer unparseable", "name", name, "err", err)
-		return dnsError(q, qEnd, rcodeServFail)
+		return dnsError(hdr, question, dnsmessage.RCodeServerFailure)
 	}
 	if verdict == dnsForwardRecord && len(addrs) > 0 {
 		if err := f.record(ctx, addrs); err != nil {
 			f.log.Error("dns allow addresses", "name", name, "err", err)
-			return dnsError(q, qEnd, rcodeServFail)
+			return dnsError(hdr, question, dnsmessage.RCodeServerFailure)
 		}
 	}
 	return resp
@@ -240,117 +263,76 @@ func (f *dnsFilter) exchange(ctx context.Context, q []byte, network string) ([]b
 	}
 }
 
-// parseQuestion returns the lower-case name of the first question (no
-// final dot) and the offset just past that question.
-func parseQuestion(msg []byte) (string, int, error) {
-	name, off, err := readName(msg, dnsHeaderLen)
+// parseQuery parses a guest's query: a query (not a response) with
+// exactly one question.
+func parseQuery(msg []byte) (dnsmessage.Header, dnsmessage.Question, error) {
+	var p dnsmessage.Parser
+	hdr, err := p.Start(msg)
 	if err != nil {
-		return "", 0, err
+		return hdr, dnsmessage.Question{}, err
 	}
-	if off+4 > len(msg) {
-		return "", 0, errors.New("short question")
+	if hdr.Response {
+		return hdr, dnsmessage.Question{}, errors.New("a response, not a query")
 	}
-	return strings.ToLower(name), off + 4, nil
+	qs, err := p.AllQuestions()
+	if err != nil {
+		return hdr, dnsmessage.Question{}, err
+	}
+	if len(qs) != 1 {
+		return hdr, dnsmessage.Question{}, errors.New("no or several questions: nothing sane to answer")
+	}
+	return hdr, qs[0], nil
 }
 
-// readName decodes a possibly compressed name at off and returns it with
-// the offset after it in the message.
-func readName(msg []byte, off int) (string, int, error) {
-	var labels []string
-	end := -1
-	for jumps := 0; ; {
-		if off >= len(msg) {
-			return "", 0, errors.New("name runs past the message")
-		}
-		l := int(msg[off])
-		switch {
-		case l == 0:
-			if end < 0 {
-				end = off + 1
-			}
-			return strings.Join(labels, "."), end, nil
-		case l&0xc0 == 0xc0:
-			if off+1 >= len(msg) {
-				return "", 0, errors.New("short compression pointer")
-			}
-			if end < 0 {
-				end = off + 2
-			}
-			jumps++
-			if jumps > 32 {
-				return "", 0, errors.New("compression loop")
-			}
-			off = int(binary.BigEndian.Uint16(msg[off:]) & 0x3fff)
-		case l&0xc0 != 0:
-			return "", 0, errors.New("unsupported label type")
-		default:
-			if off+1+l > len(msg) {
-				return "", 0, errors.New("label runs past the message")
-			}
-			labels = append(labels, string(msg[off+1:off+1+l]))
-			off += 1 + l
-		}
-	}
+// questionName is the question's name in lower case without the final dot.
+func questionName(q dnsmessage.Question) string {
+	return strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
 }
 
 // capTTLs lowers every TTL in the answer, authority and additional
-// sections of msg to at most maxTTL, in place, and returns the IPv4
-// addresses of the answer section's A records.
-func capTTLs(msg []byte, maxTTL uint32) ([]netip.Addr, error) {
-	if len(msg) < dnsHeaderLen {
-		return nil, errors.New("short header")
-	}
-	qd := int(binary.BigEndian.Uint16(msg[4:]))
-	an := int(binary.BigEndian.Uint16(msg[6:]))
-	rest := int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	off := dnsHeaderLen
-	for i := 0; i < qd; i++ {
-		_, next, err := readName(msg, off)
-		if err != nil {
-			return nil, err
-		}
-		off = next + 4
+// sections of msg to at most maxTTL and returns the message so changed
+// (packed again) with the IPv4 addresses of the answer section's A
+// records.
+func capTTLs(msg []byte, maxTTL uint32) ([]byte, []netip.Addr, error) {
+	var m dnsmessage.Message
+	if err := m.Unpack(msg); err != nil {
+		return nil, nil, err
 	}
 	var addrs []netip.Addr
-	for i := 0; i < an+rest; i++ {
-		_, next, err := readName(msg, off)
-		if err != nil {
-			return nil, err
+	for _, sec := range []*[]dnsmessage.Resource{&m.Answers, &m.Authorities, &m.Additionals} {
+		for i := range *sec {
+			rr := &(*sec)[i]
+			// An EDNS OPT record's "TTL" holds flags, not a lifetime.
+			if rr.Header.Type != dnsmessage.TypeOPT && rr.Header.TTL > maxTTL {
+				rr.Header.TTL = maxTTL
+			}
+			if a, ok := rr.Body.(*dnsmessage.AResource); ok && sec == &m.Answers && rr.Header.Class == dnsmessage.ClassINET {
+				addrs = append(addrs, netip.AddrFrom4(a.A))
+			}
 		}
-		off = next
-		if off+10 > len(msg) {
-			return nil, errors.New("short resource record")
-		}
-		typ := binary.BigEndian.Uint16(msg[off:])
-		class := binary.BigEndian.Uint16(msg[off+2:])
-		ttl := binary.BigEndian.Uint32(msg[off+4:])
-		rdlen := int(binary.BigEndian.Uint16(msg[off+8:]))
-		if typ != 41 && ttl > maxTTL { // 41 is EDNS OPT, whose "TTL" holds flags
-			binary.BigEndian.PutUint32(msg[off+4:], maxTTL)
-		}
-		off += 10
-		if off+rdlen > len(msg) {
-			return nil, errors.New("short resource data")
-		}
-		if i < an && typ == dnsTypeA && class == dnsClassIN && rdlen == 4 {
-			addrs = append(addrs, netip.AddrFrom4([4]byte(msg[off:off+4])))
-		}
-		off += rdlen
 	}
-	return addrs, nil
+	out, err := m.Pack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, addrs, nil
 }
 
-// dnsError builds an answer with rcode and no records to the query whose
-// question ends at qEnd.
-func dnsError(q []byte, qEnd int, rcode byte) []byte {
-	out := append([]byte(nil), q[:qEnd]...)
-	rd := q[2] & 0x01
-	out[2] = 0x80 | rd // QR, opcode QUERY, RD copied
-	out[3] = 0x80 | rcode
-	binary.BigEndian.PutUint16(out[4:], 1)
-	binary.BigEndian.PutUint16(out[6:], 0)
-	binary.BigEndian.PutUint16(out[8:], 0)
-	binary.BigEndian.PutUint16(out[10:], 0)
+// dnsError builds an answer with rcode and no records to the query.
+func dnsError(hdr dnsmessage.Header, q dnsmessage.Question, rcode dnsmessage.RCode) []byte {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
+		ID: hdr.ID, Response: true, RecursionDesired: hdr.RecursionDesired, RecursionAvailable: true, RCode: rcode,
+	})
+	if err := b.StartQuestions(); err != nil {
+		return nil
+	}
+	if err := b.Question(q); err != nil {
+		return nil
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil
+	}
 	return out
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // dnsFixture runs a stand-in upstream resolver on loopback (UDP and TCP)
@@ -119,7 +121,7 @@ func TestDNSFilter(t *testing.T) {
 			t.Fatalf("%s: allowed name: id %x rcode %d answers %d", network, binary.BigEndian.Uint16(resp), rcode(resp), binary.BigEndian.Uint16(resp[6:]))
 		}
 		// TTLs are capped at the filter's limit (the fake upstream says 3600).
-		addrs, err := capTTLs(append([]byte(nil), resp...), 1<<31)
+		_, addrs, err := capTTLs(resp, 1<<31)
 		if err != nil || len(addrs) != 2 {
 			t.Fatalf("%s: parse answer: %v %v", network, addrs, err)
 		}
@@ -129,7 +131,7 @@ func TestDNSFilter(t *testing.T) {
 		}
 
 		resp = exchangeWith(t, network, fx.addr, buildQuery(0x4321, "other.test", 1))
-		if rcode(resp) != rcodeRefused || binary.BigEndian.Uint16(resp[6:]) != 0 {
+		if rcode(resp) != int(dnsmessage.RCodeRefused) || binary.BigEndian.Uint16(resp[6:]) != 0 {
 			t.Fatalf("%s: refused name: rcode %d", network, rcode(resp))
 		}
 	}
@@ -150,7 +152,7 @@ func TestDNSFilter(t *testing.T) {
 		t.Fatalf("unknown allowed name: rcode %d, want NXDOMAIN passed through", rcode(resp))
 	}
 	resp = exchangeWith(t, "udp", fx.addr, buildQuery(8, "wild.test", 1))
-	if rcode(resp) != rcodeRefused {
+	if rcode(resp) != int(dnsmessage.RCodeRefused) {
 		t.Fatalf("*.wild.test must not match wild.test: rcode %d", rcode(resp))
 	}
 
@@ -159,19 +161,44 @@ func TestDNSFilter(t *testing.T) {
 	fx.fail = true
 	fx.mu.Unlock()
 	resp = exchangeWith(t, "udp", fx.addr, buildQuery(9, "allowed.test", 1))
-	if rcode(resp) != rcodeServFail || binary.BigEndian.Uint16(resp[6:]) != 0 {
+	if rcode(resp) != int(dnsmessage.RCodeServerFailure) || binary.BigEndian.Uint16(resp[6:]) != 0 {
 		t.Fatalf("record failure: rcode %d", rcode(resp))
 	}
 }
 
-func TestReadNameRejectsLoops(t *testing.T) {
-	msg := make([]byte, 14)
-	msg[12], msg[13] = 0xc0, 12 // points at itself
-	if _, _, err := readName(msg, 12); err == nil {
+// TestParseQueryRejectsAmbiguousNames: a question whose label holds a dot
+// ("evil.allowed" + "test") reads as an allowed name but is another name
+// on the wire; a compression loop or a truncated label is no name at all.
+// None of them is judged, let alone forwarded.
+func TestParseQueryRejectsAmbiguousNames(t *testing.T) {
+	fx := newDNSFixture(t, func(name string) dnsVerdict {
+		if domainAllowed([]string{"*.allowed.test"}, name) {
+			return dnsForward
+		}
+		return dnsRefuse
+	})
+	dotted := buildQuery(0x55, "x.allowed.test", 1)
+	// Rewrite the wire name as two labels: "x.allowed" and "test".
+	copy(dotted[12:], []byte("\x09x.allowed\x04test\x00"))
+	if _, _, err := parseQuery(dotted); err == nil {
+		t.Fatal("a label with a dot was accepted")
+	}
+	if resp := fx.filter.handle(context.Background(), dotted, "udp"); resp != nil {
+		t.Fatalf("a query with a dotted label was answered: % x", resp)
+	}
+	if asked := fx.up.questions(); len(asked) != 0 {
+		t.Fatalf("upstream was asked %q", asked)
+	}
+	loop := buildQuery(0x56, "a", 1)
+	loop[12], loop[13] = 0xc0, 12 // the name points at itself
+	if _, _, err := parseQuery(loop); err == nil {
 		t.Fatal("compression loop accepted")
 	}
-	if _, _, err := readName([]byte{5, 'a'}, 0); err == nil {
+	if _, _, err := parseQuery(append(buildQuery(0x57, "a", 1)[:12], 5, 'a')); err == nil {
 		t.Fatal("truncated label accepted")
+	}
+	if _, q, err := parseQuery(buildQuery(0x58, "X.Allowed.Test", 1)); err != nil || questionName(q) != "x.allowed.test" {
+		t.Fatalf("plain query: %q, %v", questionName(q), err)
 	}
 }
 
@@ -203,4 +230,57 @@ func TestPolicyParsing(t *testing.T) {
 	if err := (Policy{Mode: "some"}).Validate(); err == nil {
 		t.Error("unknown mode accepted")
 	}
+}
+
+// TestDNSTCPConnectionsBounded: a guest holding TCP connections to its
+// slot's DNS server gets at most dnsMaxTCPConns; the next is closed at
+// once, and closed connections are forgotten (not kept until the slot
+// goes).
+func TestDNSTCPConnectionsBounded(t *testing.T) {
+	fx := newDNSFixture(t, func(string) dnsVerdict { return dnsForward })
+	tracked := func() int {
+		fx.filter.mu.Lock()
+		defer fx.filter.mu.Unlock()
+		return len(fx.filter.closers)
+	}
+	base := tracked() // the listeners
+	var held []net.Conn
+	for range dnsMaxTCPConns {
+		c, err := net.DialTimeout("tcp", fx.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for tracked() != base+dnsMaxTCPConns {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections tracked, want %d", tracked()-base, dnsMaxTCPConns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	extra, err := net.DialTimeout("tcp", fx.addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("connection past the cap: read = %v, want it closed", err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for tracked() != base {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d closed connections still tracked", tracked()-base)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

@@ -34,10 +34,14 @@
 //
 // Mode none drops every connection the guest starts and answers DNS with
 // REFUSED (the agent link is vsock/virtio-serial, not the network). Mode
-// full allows everything except the always-blocked destinations. Mode
-// allow permits AllowCIDRs plus the addresses the slot's DNS filter
-// answered for AllowDomains ("example.com" exactly, "*.example.com" for
-// names below it).
+// full allows every public address: private and internal ranges
+// (privateRanges: RFC 1918, 100.64.0.0/10 and the like, where the host's
+// networks and cloud-internal services live) are closed. Mode allow
+// permits AllowCIDRs (which may open a private range explicitly) plus the
+// public addresses the slot's DNS filter answered for AllowDomains
+// ("example.com" exactly, "*.example.com" for names below it). Only
+// packets whose source is the guest's address leave a slot, and with an
+// upstream proxy nothing leaves directly: the forwarder is the way out.
 //
 // Domains are enforced by DNS: the guest's resolver is the gateway, where
 // a filter run by the daemon (a listener bound inside the slot namespace)
@@ -77,6 +81,17 @@
 // the target against the slot's policy, and chains it to the upstream from
 // the daemon's namespace, adding the credentials itself. Upstream
 // addresses in loopback, link-local, the pool or AlwaysBlock are refused.
+//
+// # Limits
+//
+// The guest is the client of both the DNS filter and the forwarder, and it
+// may be hostile, so what it can hold of the daemon is bounded per slot:
+// the forwarder takes ForwarderOptions.MaxConns connections at once
+// (64; more are answered 503), a request head of 32 KiB sent within 30 s
+// (431 beyond), 2 minutes of idle keep-alive, and closes a CONNECT tunnel
+// in which neither side sent a byte for 10 minutes; the DNS filter answers
+// at most 32 UDP questions at once and holds at most 16 TCP connections,
+// each closed after 30 s without a query.
 //
 // # Lifecycle
 //

@@ -467,6 +467,54 @@ func TestSlots(t *testing.T) {
 		}
 	})
 
+	t.Run("private_ranges_and_spoofing", func(t *testing.T) {
+		// Private and carrier-grade NAT servers in "the internet".
+		private, cgnat := netip.MustParseAddr("10.99.7.10"), netip.MustParseAddr("100.64.7.10")
+		for _, a := range []netip.Addr{private, cgnat} {
+			run(t, "ip", "-n", e.inet, "addr", "add", a.String()+"/32", "dev", "eth0")
+			serveHTTP(t, listenIn(t, e.inetNS, "tcp4", a.String()+":80"), &targetServer{name: "private"})
+		}
+		s, err := m.Acquire(ctx, "u-priv", Policy{Mode: ModeFull})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := guest(t, s)
+		mustGet(t, g, url1, "server1 /p")
+		mustNotConnect(t, g, private.String()+":80")
+		mustNotConnect(t, g, cgnat.String()+":80")
+		// An explicit policy opens a private range.
+		if err := m.UpdatePolicy(ctx, s, Policy{Mode: ModeAllow, AllowCIDRs: []netip.Prefix{netip.PrefixFrom(private, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+		mustGet(t, g, "http://"+private.String()+"/x", "private /x")
+		mustNotConnect(t, g, cgnat.String()+":80")
+
+		// A guest forging another source address gets nothing through.
+		if err := m.UpdatePolicy(ctx, s, Policy{Mode: ModeFull}); err != nil {
+			t.Fatal(err)
+		}
+		spoofed := netip.MustParseAddr("169.254.0.99")
+		run(t, "nsenter", "--net="+NetNSPath(s.guestNS), "ip", "addr", "add", spoofed.String()+"/32", "dev", "eth0")
+		// Give the forged address a way back, so only the slot's rules can
+		// stop the connection: the internet routes it to the host, the
+		// host to the slot, the slot to the guest.
+		run(t, "ip", "-n", e.inet, "route", "add", spoofed.String()+"/32", "via", hostUp.String())
+		run(t, "ip", "-n", e.name, "route", "add", spoofed.String()+"/32", "via", s.slotAddr.String())
+		run(t, "nsenter", "--net="+NetNSPath(s.id), "ip", "route", "add", spoofed.String()+"/32", "dev", TapName)
+		var c net.Conn
+		err = inNS(g, func() error {
+			d := net.Dialer{Timeout: 1500 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: spoofed.AsSlice()}}
+			var err error
+			c, err = d.Dial("tcp4", server1.String()+":80")
+			return err
+		})
+		if err == nil {
+			c.Close()
+			t.Fatal("a guest with a forged source address reached the internet")
+		}
+		mustGet(t, g, url1, "server1 /p")
+	})
+
 	t.Run("daemon_and_metadata_blocked", func(t *testing.T) {
 		s, err := m.Acquire(ctx, "u-d", Policy{Mode: ModeFull})
 		if err != nil {
@@ -519,6 +567,8 @@ func TestSlots(t *testing.T) {
 			t.Fatal("guest config carries the upstream credentials")
 		}
 		g := guest(t, s)
+		// With an upstream proxy, the proxy is the only way out.
+		mustNotConnect(t, g, server1.String()+":80")
 		body, err := httpGetFrom(g, "http://"+server1.String()+"/via-http-proxy", gc.ProxyURL)
 		if err != nil || body != "server1 /via-http-proxy" {
 			t.Fatalf("GET through the slot's forwarder: %q %v", body, err)

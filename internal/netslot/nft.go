@@ -23,6 +23,25 @@ const (
 // (169.254.169.254) live there; a guest must reach only its own gateway.
 var linkLocal = netip.MustParsePrefix("169.254.0.0/16")
 
+// privateRanges are closed to guests unless a policy names them in
+// AllowCIDRs: the host's own networks (RFC 1918), carrier-grade NAT and
+// cloud-internal space (100.64.0.0/10, where some clouds put metadata and
+// DNS, e.g. 100.100.100.200), IETF protocol assignments (192.0.0.0/24,
+// e.g. 192.0.0.192 on some clouds), benchmarking (198.18.0.0/15),
+// "this network", loopback, multicast and reserved space. A name on an
+// allow-list that resolves into them is not reachable either.
+var privateRanges = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("224.0.0.0/3"), // multicast and reserved (224/4, 240/4)
+}
+
 // ---- expression helpers (each returns a rule fragment using register 1) ----
 
 func ifname(name string) []byte { return append([]byte(name), 0) }
@@ -228,10 +247,13 @@ type slotRuleParams struct {
 //	    ip daddr <pool> drop
 //	    ip daddr 169.254.0.0/16 drop
 //	    ip daddr <AlwaysBlock...> drop
-//	    # full:  iifname "tap0" oifname "veth0" meta nfproto ipv4 accept
-//	    # allow: iifname "tap0" oifname "veth0" ip daddr <cidr> accept   (each)
-//	    #        iifname "tap0" oifname "veth0" ip daddr @dns4 accept
-//	    # none:  nothing
+//	    # only the guest's own source address leaves (no spoofing):
+//	    # out = iifname "tap0" oifname "veth0" ip saddr 169.254.0.21
+//	    # allow: out ip daddr <cidr> accept   (each; may open a private range)
+//	    # full, allow: ip daddr <private ranges> drop
+//	    # full:  out meta nfproto ipv4 accept
+//	    # allow: out ip daddr @dns4 accept
+//	    # none, or an upstream proxy: nothing (the proxy is the only way out)
 //	  }
 //	  chain postrouting { type nat hook postrouting priority 100; policy accept;
 //	    oifname "veth0" ip saddr 169.254.0.21 snat ip to <slot address>
@@ -273,14 +295,30 @@ func slotRules(c *nftables.Conn, p slotRuleParams) *nftables.Set {
 	for _, b := range append([]netip.Prefix{p.pool, linkLocal}, p.block...) {
 		add(fwd, join(matchDaddr(b), one(drop())))
 	}
-	out := join(tap, matchOif(slotVethName))
-	switch p.policy.Mode {
+	// Only packets with the guest's own source address leave: a guest
+	// forging another source gets nothing through (the chain drops).
+	out := join(tap, matchOif(slotVethName), matchIPv4(), matchSaddr(netip.PrefixFrom(GuestAddr, 32)))
+	mode := p.policy.Mode
+	if p.proxy {
+		// With an upstream proxy the forwarder (which applies the same
+		// policy) is the only way out; direct egress would make the
+		// proxy advisory.
+		mode = ModeNone
+	}
+	privateDrop := func() {
+		for _, r := range privateRanges {
+			add(fwd, join(matchDaddr(r), one(drop())))
+		}
+	}
+	switch mode {
 	case ModeFull:
-		add(fwd, join(out, matchIPv4(), one(accept())))
+		privateDrop()
+		add(fwd, join(out, one(accept())))
 	case ModeAllow:
 		for _, cidr := range p.policy.AllowCIDRs {
 			add(fwd, join(out, matchDaddr(cidr), one(accept())))
 		}
+		privateDrop()
 		add(fwd, join(out, matchDaddrInSet(set), one(accept())))
 	}
 

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,10 +23,24 @@ import (
 // gateway; 3128 is the port tools expect of an HTTP proxy.
 const ProxyPort = 3128
 
+// The guest is the client of the forwarder and may be hostile: what it may
+// hold is bounded per slot (connections), per request (header bytes and
+// the time to send them) and per connection (idle time, also inside
+// CONNECT tunnels).
 const (
 	proxyDialTimeout      = 10 * time.Second
 	proxyHandshakeTimeout = 30 * time.Second
 	proxyIdleTimeout      = 2 * time.Minute
+	// proxyHeaderTimeout bounds sending a request's line and headers once
+	// its first byte arrived.
+	proxyHeaderTimeout = 30 * time.Second
+	// proxyMaxHeaderBytes bounds a request's line and headers.
+	proxyMaxHeaderBytes = 32 << 10
+	// DefaultProxyMaxConns bounds a forwarder's guest connections.
+	DefaultProxyMaxConns = 64
+	// proxyTunnelIdleTimeout closes a CONNECT tunnel in which neither
+	// side sent a byte for this long.
+	proxyTunnelIdleTimeout = 10 * time.Minute
 )
 
 // ForwarderOptions tune a Forwarder; the zero value works.
@@ -38,6 +53,12 @@ type ForwarderOptions struct {
 	Allow func(host string, port int) bool
 	// Logger receives one line per refused or failed request.
 	Logger *slog.Logger
+	// MaxConns bounds guest connections open at once (a forwarder serves
+	// one slot); more are answered 503 and closed. Default
+	// DefaultProxyMaxConns.
+	MaxConns int
+	// TunnelIdleTimeout overrides proxyTunnelIdleTimeout (tests).
+	TunnelIdleTimeout time.Duration
 }
 
 // Forwarder is an HTTP proxy for guests that chains every request to the
@@ -52,8 +73,11 @@ type Forwarder struct {
 	opts     ForwarderOptions
 	log      *slog.Logger
 
-	mu     sync.Mutex // guards conns, lns and closed
-	conns  map[net.Conn]struct{}
+	mu sync.Mutex // guards conns, guests, lns and closed
+	// conns are all open connections (guest and upstream), closed by Close.
+	conns map[net.Conn]struct{}
+	// guests counts open guest connections, against MaxConns.
+	guests int
 	lns    map[net.Listener]struct{}
 	closed bool
 	wg     sync.WaitGroup
@@ -72,6 +96,12 @@ func NewForwarder(upstream *url.URL, opts ForwarderOptions) (*Forwarder, error) 
 	}
 	if upstream.Hostname() == "" {
 		return nil, errors.New("upstream proxy has no host")
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultProxyMaxConns
+	}
+	if opts.TunnelIdleTimeout <= 0 {
+		opts.TunnelIdleTimeout = proxyTunnelIdleTimeout
 	}
 	if opts.Dial == nil {
 		d := &net.Dialer{Timeout: proxyDialTimeout}
@@ -127,6 +157,15 @@ func (f *Forwarder) Serve(ln net.Listener) error {
 			c.Close()
 			return nil
 		}
+		if f.guests >= f.opts.MaxConns {
+			f.mu.Unlock()
+			f.log.Warn("proxy connection refused: too many open", "limit", f.opts.MaxConns)
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			writeStatus(c, http.StatusServiceUnavailable, "too many proxy connections from this VM")
+			c.Close()
+			continue
+		}
+		f.guests++
 		f.conns[c] = struct{}{}
 		f.wg.Add(1)
 		f.mu.Unlock()
@@ -135,6 +174,7 @@ func (f *Forwarder) Serve(ln net.Listener) error {
 			defer func() {
 				f.mu.Lock()
 				delete(f.conns, c)
+				f.guests--
 				f.mu.Unlock()
 				c.Close()
 			}()
@@ -161,13 +201,25 @@ func (f *Forwarder) Close() error {
 func (f *Forwarder) serveConn(c net.Conn) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	br := bufio.NewReader(c)
+	// Request heads go through a byte limit (http.ReadRequest assembles a
+	// line of any length); bodies and tunnel bytes do not.
+	lim := &limitedReader{r: c}
+	br := bufio.NewReader(lim)
 	for {
+		lim.set(proxyMaxHeaderBytes)
 		_ = c.SetReadDeadline(time.Now().Add(proxyIdleTimeout))
-		req, err := http.ReadRequest(br)
-		if err != nil {
+		if _, err := br.Peek(1); err != nil {
 			return
 		}
+		_ = c.SetReadDeadline(time.Now().Add(proxyHeaderTimeout))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if errors.Is(err, errHeaderTooLarge) {
+				writeStatus(c, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+			}
+			return
+		}
+		lim.set(-1)
 		_ = c.SetReadDeadline(time.Time{})
 		if req.Method == http.MethodConnect {
 			f.serveConnect(ctx, c, br, req)
@@ -223,7 +275,7 @@ func (f *Forwarder) serveConnect(ctx context.Context, c net.Conn, br *bufio.Read
 	}
 	f.trackConn(up)
 	defer f.untrackConn(up)
-	splice(c, up)
+	spliceIdle(c, up, f.opts.TunnelIdleTimeout)
 }
 
 // serveHTTP relays one plain-HTTP request; it reports whether the guest
@@ -473,6 +525,81 @@ func (b *bufferedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// errHeaderTooLarge ends a request head over proxyMaxHeaderBytes.
+var errHeaderTooLarge = errors.New("request header too large")
+
+// limitedReader lets n bytes through, then fails with errHeaderTooLarge;
+// n < 0 is unlimited. set is called between reads by the same goroutine.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) set(n int64) { l.n = n }
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// activityConn records the time of every read, for spliceIdle.
+type activityConn struct {
+	net.Conn
+	last *atomic.Int64
+}
+
+func (a activityConn) Read(p []byte) (int, error) {
+	n, err := a.Conn.Read(p)
+	if n > 0 {
+		a.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// CloseWrite passes a half-close through to the wrapped connection.
+func (a activityConn) CloseWrite() error {
+	if cw, ok := a.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// spliceIdle is splice that also closes both sides once neither sent a
+// byte for idle.
+func spliceIdle(a, b net.Conn, idle time.Duration) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(max(idle/8, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if time.Since(time.Unix(0, last.Load())) > idle {
+					a.Close()
+					b.Close()
+					return
+				}
+			}
+		}
+	}()
+	splice(activityConn{a, &last}, activityConn{b, &last})
 }
 
 // splice copies both ways until either side ends, then closes both.

@@ -58,6 +58,12 @@ func listenLoopback(t *testing.T) net.Listener {
 // startForwarder runs a Forwarder to upstream on loopback and returns the
 // credential-free proxy URL a guest would get.
 func startForwarder(t *testing.T, upstream *url.URL, opts ForwarderOptions) *url.URL {
+	u, _ := startForwarderF(t, upstream, opts)
+	return u
+}
+
+// startForwarderF is startForwarder that also returns the Forwarder.
+func startForwarderF(t *testing.T, upstream *url.URL, opts ForwarderOptions) (*url.URL, *Forwarder) {
 	t.Helper()
 	opts.Logger = testLogger(t)
 	f, err := NewForwarder(upstream, opts)
@@ -67,7 +73,25 @@ func startForwarder(t *testing.T, upstream *url.URL, opts ForwarderOptions) *url
 	ln := listenLoopback(t)
 	go f.Serve(ln)
 	t.Cleanup(func() { f.Close() })
-	return &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	return &url.URL{Scheme: "http", Host: ln.Addr().String()}, f
+}
+
+// guestConns is the forwarder's count of open guest connections.
+func guestConns(f *Forwarder) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.guests
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func getVia(proxy *url.URL, target string) (*http.Response, string, error) {
@@ -223,5 +247,73 @@ func TestForwarderAllow(t *testing.T) {
 	defer mu.Unlock()
 	if len(asked) != 2 || asked[0] != tln.Addr().String() {
 		t.Fatalf("Allow asked %q", asked)
+	}
+}
+
+// TestForwarderBoundsTheGuest: a guest cannot make the forwarder hold an
+// endless request head, more connections than its cap, or a CONNECT
+// tunnel nobody uses.
+func TestForwarderBoundsTheGuest(t *testing.T) {
+	target := &targetServer{name: "target"}
+	tln := listenLoopback(t)
+	serveHTTP(t, tln, target)
+	up := &testUpstreamHTTP{user: "alice", pass: "pw"}
+	uln := listenLoopback(t)
+	serveHTTP(t, uln, up)
+	fwd, f := startForwarderF(t, &url.URL{Scheme: "http", User: url.UserPassword("alice", "pw"), Host: uln.Addr().String()},
+		ForwarderOptions{MaxConns: 3, TunnelIdleTimeout: 300 * time.Millisecond})
+
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("tcp", fwd.Host, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	status := func(c net.Conn) string {
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil && line == "" {
+			return "error: " + err.Error()
+		}
+		return strings.TrimSpace(line)
+	}
+
+	// A 1 MiB header is refused with 431, not read into memory.
+	c := dial()
+	go fmt.Fprintf(c, "GET http://%s/x HTTP/1.1\r\nHost: x\r\nX-Junk: %s\r\n\r\n", tln.Addr(), strings.Repeat("j", 1<<20))
+	if s := status(c); !strings.Contains(s, "431") {
+		t.Fatalf("1 MiB request header: %q, want 431", s)
+	}
+	c.Close()
+
+	// A CONNECT tunnel in which nothing moves is closed after the idle
+	// timeout (the target would hold it for 5 s).
+	c = dial()
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", tln.Addr(), tln.Addr())
+	br := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	began := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("idle tunnel not closed within 2 s: %v", err)
+	}
+	t.Logf("idle tunnel closed after %v", time.Since(began).Round(time.Millisecond))
+	c.Close()
+
+	// MaxConns connections that send nothing are held; the next is
+	// answered 503 at once.
+	waitUntil(t, 5*time.Second, "earlier connections released", func() bool { return guestConns(f) == 0 })
+	for range 3 {
+		dial()
+	}
+	waitUntil(t, 5*time.Second, "three connections taken", func() bool { return guestConns(f) == 3 })
+	if s := status(dial()); !strings.Contains(s, "503") {
+		t.Fatalf("connection past the cap: %q, want 503", s)
 	}
 }

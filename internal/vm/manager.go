@@ -73,6 +73,14 @@ type Config struct {
 	// StopTimeout bounds a graceful shutdown through the agent before the
 	// hypervisor is stopped hard.
 	StopTimeout time.Duration
+	// MaxFileBytes caps a file read from a VM (0: agentlink's default).
+	MaxFileBytes int64
+	// ConsoleMaxBytes caps the console log file; it is rotated at this
+	// size with one older file kept (0: DefaultConsoleMaxBytes).
+	ConsoleMaxBytes int64
+	// RecoverTimeout bounds re-attaching to one hypervisor at daemon start
+	// (default 30 s); all are re-attached at once.
+	RecoverTimeout time.Duration
 	// StopOnClose is the shutdown policy "stop": Close stops every running
 	// VM (recorded as stopped) instead of leaving it running for the next
 	// daemon to re-attach.
@@ -129,6 +137,9 @@ type instance struct {
 	// booting is set while a boot goroutine runs (reconciliation leaves
 	// the VM's process and directories alone meanwhile).
 	booting bool
+	// unresponsiveSince is when the agent of a ready VM first missed a
+	// liveness probe, zero while it answers (see liveness.go).
+	unresponsiveSince time.Time
 }
 
 // runtimeDoc is what the store keeps to re-attach after a daemon restart.
@@ -185,6 +196,9 @@ func New(cfg Config, st store.Store, bus *events.Bus, images Images, driver vmm.
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.RecoverTimeout == 0 {
+		cfg.RecoverTimeout = 30 * time.Second
 	}
 	m := &Manager{cfg: cfg, store: st, bus: bus, images: images, driver: driver, log: log, vms: map[string]*instance{}, metrics: newMetrics(), closing: make(chan struct{})}
 	if a, ok := driver.(Accelerated); ok {
@@ -282,6 +296,9 @@ func (m *Manager) CreateFor(ctx context.Context, caller store.User, req api.Crea
 	if err != nil {
 		return api.VM{}, err
 	}
+	if err := m.checkHeadroom(req.Kind); err != nil {
+		return api.VM{}, err
+	}
 	sp.Purpose = purpose
 	spec, _ := json.Marshal(sp)
 	now := time.Now().UTC()
@@ -318,6 +335,11 @@ func (m *Manager) startBoot(id string) {
 		if err := m.boot(ctx, id); err != nil {
 			if ctx.Err() != nil {
 				m.log.Info("boot cancelled", "vm_id", id)
+				return
+			}
+			if errors.Is(err, errHypervisorGone) {
+				// The exit watcher records this failure, once, with the
+				// hypervisor's exit status and stderr tail.
 				return
 			}
 			m.fail(id, err)
@@ -545,6 +567,7 @@ func (m *Manager) attach(ctx context.Context, id string, h vmm.Handle, token str
 		return err
 	}
 	m.log.Info("vm ready", "vm_id", id, "boot_phases", phasesString(phases))
+	m.watchLiveness(id, h, token)
 	m.publish(v, "vm_ready", map[string]any{"boot_phases": phases})
 	if m.lifecycle != nil {
 		av, reattached := m.toAPI(v), phases == nil
@@ -613,10 +636,21 @@ func (m *Manager) watch(id string, h vmm.Handle) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		select {
-		case <-h.Done():
-		case <-m.closing:
-			return
+		// The hypervisor appends to the console file itself: bound it
+		// while the VM runs.
+		tick := time.NewTicker(consoleCheckInterval)
+		defer tick.Stop()
+		for running := true; running; {
+			if _, err := rotateConsole(m.ConsolePath(id), m.consoleMax()); err != nil {
+				m.log.Warn("console rotation failed", "vm_id", id, "err", err)
+			}
+			select {
+			case <-h.Done():
+				running = false
+			case <-m.closing:
+				return
+			case <-tick.C:
+			}
 		}
 		in := m.inst(id)
 		in.mu.Lock()
@@ -709,29 +743,6 @@ func ensureUpperDisk(ctx context.Context, path string, sizeMiB int) error {
 	return os.Rename(tmp, path)
 }
 
-// lastLines returns up to n last non-empty lines of a file.
-func lastLines(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	const tailBytes = 16 << 10
-	if fi, err := f.Stat(); err == nil && fi.Size() > tailBytes {
-		_, _ = f.Seek(fi.Size()-tailBytes, 0)
-	}
-	b := make([]byte, tailBytes)
-	k, _ := f.Read(b)
-	lines := strings.Split(strings.TrimRight(string(b[:k]), "\r\n"), "\n")
-	var keep []string
-	for i := len(lines) - 1; i >= 0 && len(keep) < n; i-- {
-		if l := strings.TrimSpace(strings.TrimRight(lines[i], "\r")); l != "" {
-			keep = append([]string{l}, keep...)
-		}
-	}
-	return proto.RedactKernelArgs(strings.Join(keep, "\n"))
-}
-
 // Recover re-attaches to what survived a daemon restart: VMs whose
 // hypervisor still runs are re-attached (no reboot); VMs whose process is
 // gone are marked failed with their console log kept; VMs that never got a
@@ -748,6 +759,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	recovered := m.recoverHandles(ctx, vs)
 	for _, v := range vs {
 		switch v.State {
 		case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping:
@@ -766,7 +778,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			m.startBoot(v.ID)
 			continue
 		}
-		h, err := m.driver.Recover(ctx, *rt.VMM)
+		h, err := recovered[v.ID].h, recovered[v.ID].err
 		if err != nil {
 			if v.State == api.VMStopping {
 				_, _ = m.setState(ctx, v.ID, api.VMStopped, "")

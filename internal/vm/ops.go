@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,12 +14,9 @@ import (
 	"github.com/hangar-vm/hangar/internal/agentlink"
 	"github.com/hangar-vm/hangar/internal/agentlink/proto"
 	"github.com/hangar-vm/hangar/internal/errs"
-	"github.com/hangar-vm/hangar/internal/httpapi"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
-
-var _ httpapi.VMService = (*Manager)(nil)
 
 func (m *Manager) get(ctx context.Context, caller store.User, id string) (store.VM, error) {
 	v, err := m.store.GetVM(ctx, id, caller.Scope())
@@ -44,6 +40,9 @@ func (m *Manager) toAPI(v store.VM) api.VM {
 		VCPUs: sp.VCPUs, MemoryMiB: sp.MemoryMiB, Hypervisor: m.driver.Name(), Acceleration: m.accel,
 		ImageID: rt.ImageID, KernelVersion: rt.KernelRelease, BootPhases: rt.Phases,
 		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
+	}
+	if v.State == api.VMReady {
+		markUnresponsive(&out, m.inst(v.ID).unresponsive())
 	}
 	return out
 }
@@ -126,6 +125,9 @@ func (m *Manager) readyClient(ctx context.Context, caller store.User, id string)
 	if v.State != api.VMReady {
 		return nil, errs.E(errs.Conflict, "vm %s is %s, not ready", id, v.State)
 	}
+	if since := m.inst(id).unresponsive(); !since.IsZero() {
+		return nil, errs.E(errs.Unavailable, "vm %s is unresponsive: its agent has not answered since %s", id, since.UTC().Format(time.RFC3339))
+	}
 	// Right after a daemon restart the record says ready while the link is
 	// being re-attached (well under a second): wait for it briefly.
 	deadline := time.Now().Add(5 * time.Second)
@@ -165,13 +167,30 @@ func (m *Manager) Exec(ctx context.Context, caller store.User, id string, req ap
 	if req.Stdin != "" {
 		stdin = strings.NewReader(req.Stdin)
 	}
-	preq := proto.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, User: req.User, Timeout: proto.Duration(time.Duration(req.TimeoutS) * time.Second)}
+	timeout := time.Duration(req.TimeoutS) * time.Second
+	preq := proto.ExecRequest{Argv: req.Argv, Env: req.Env, Dir: req.Cwd, User: req.User, Timeout: proto.Duration(timeout)}
+	if timeout > 0 {
+		// The agent enforces the timeout, but a frozen guest enforces
+		// nothing: the host gives up too, a little later.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout+execTimeoutGrace, errExecNoAnswer)
+		defer cancel()
+	}
 	code, err := c.Exec(ctx, preq, stdin, stdout, stderr)
 	if err != nil {
+		if errors.Is(context.Cause(ctx), errExecNoAnswer) {
+			return 0, errs.E(errs.Unavailable, "vm %s did not end the command within %s of its %s timeout; the VM may be unresponsive", id, execTimeoutGrace, timeout)
+		}
 		return 0, agentErr(err)
 	}
 	return code, nil
 }
+
+// execTimeoutGrace is how long past a command's timeout the host waits
+// for the agent's answer.
+const execTimeoutGrace = 5 * time.Second
+
+var errExecNoAnswer = errors.New("no answer from the agent after the command's timeout")
 
 // agentErr turns an agent's refusal into a user-facing error.
 func agentErr(err error) error {
@@ -184,7 +203,12 @@ func agentErr(err error) error {
 			return errs.E(errs.NotFound, "%s", pe.Message)
 		case pe.Status == 413:
 			return errs.E(errs.TooLarge, "%s", pe.Message)
+		case pe.Code == proto.CodeNoSpace:
+			return errs.E(errs.NoSpace, "%s", pe.Message)
 		}
+	}
+	if errors.Is(err, agentlink.ErrTooLarge) {
+		return errs.E(errs.TooLarge, "%s", err.Error())
 	}
 	return err
 }
@@ -199,29 +223,24 @@ func (m *Manager) PutFile(ctx context.Context, caller store.User, id, path strin
 	return agentErr(err)
 }
 
-// GetFile reads a file from the VM.
-func (m *Manager) GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, httpapi.FileInfo, error) {
+// GetFile streams a file from the VM, at most Config.MaxFileBytes. Nothing
+// is staged on the host: the agent announces the size before the content,
+// so refusals (missing, too large) still become error statuses, and a
+// transfer cut short shows as a body shorter than its Content-Length.
+func (m *Manager) GetFile(ctx context.Context, caller store.User, id, path string) (io.ReadCloser, api.FileInfo, error) {
 	c, err := m.readyClient(ctx, caller, id)
 	if err != nil {
-		return nil, httpapi.FileInfo{}, err
+		return nil, api.FileInfo{}, err
 	}
-	// Buffer through a temp file: the size must be known before the
-	// response starts, and a failed read must become an error status.
-	f, err := os.CreateTemp("", "hangar-get-")
+	body, st, err := c.OpenFile(ctx, path, m.cfg.MaxFileBytes)
 	if err != nil {
-		return nil, httpapi.FileInfo{}, err
+		return nil, api.FileInfo{}, agentErr(err)
 	}
-	os.Remove(f.Name())
-	st, err := c.GetFile(ctx, path, httpapi.MaxFileBytes, f)
-	if err != nil {
-		f.Close()
-		return nil, httpapi.FileInfo{}, agentErr(err)
+	if st.Size < 0 {
+		body.Close()
+		return nil, api.FileInfo{}, errs.E(errs.Unavailable, "vm %s: the agent sent a file without its size", id)
 	}
-	if _, err := f.Seek(0, 0); err != nil {
-		f.Close()
-		return nil, httpapi.FileInfo{}, err
-	}
-	return f, httpapi.FileInfo{Size: st.Size, Mode: uint32(st.Mode)}, nil
+	return body, api.FileInfo{Size: st.Size, Mode: st.Mode}, nil
 }
 
 // Logs writes the console log or one service's log.
@@ -251,14 +270,49 @@ func (m *Manager) Logs(ctx context.Context, caller store.User, id, service strin
 	return m.filterConsole(v.ID, service, w)
 }
 
-// consoleLog copies the console log line by line, with the agent token
-// that the kernel prints in its command line at boot redacted; following,
-// it waits for more until ctx ends.
+// consoleLog copies the console log line by line (the rotated older file
+// first), with the agent token that the kernel prints in its command line
+// at boot redacted; following, it waits for more until ctx ends and
+// follows the file across rotations. Lines are bounded (lineReader).
 func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.Writer) error {
+	path := m.ConsolePath(id)
+	write := func(line string) bool {
+		_, err := io.WriteString(w, proto.RedactKernelArgs(line))
+		return err == nil
+	}
+	copyFrom := func(name string, off int64) (bool, error) {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		defer f.Close()
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return false, err
+		}
+		lr := newLineReader(f)
+		for {
+			line, err := lr.next(true)
+			if err == io.EOF {
+				return true, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			if !write(line) {
+				return false, nil
+			}
+		}
+	}
+	if ok, err := copyFrom(path+rotatedSuffix, 0); !ok || err != nil {
+		return err
+	}
 	var f *os.File
 	for {
 		var err error
-		f, err = os.Open(m.ConsolePath(id))
+		f, err = os.Open(path)
 		if err == nil {
 			break
 		}
@@ -275,55 +329,76 @@ func (m *Manager) consoleLog(ctx context.Context, id string, follow bool, w io.W
 		}
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 64<<10)
-	var partial string
+	rotatedID := fileID(path + rotatedSuffix)
+	lr := newLineReader(f)
 	for {
-		chunk, err := br.ReadString('\n')
-		partial += chunk
-		if strings.HasSuffix(partial, "\n") || (err == io.EOF && !follow && partial != "") {
-			if _, werr := io.WriteString(w, proto.RedactKernelArgs(partial)); werr != nil {
+		line, err := lr.next(!follow)
+		if err == nil {
+			if !write(line) {
 				return nil
 			}
-			partial = ""
+			continue
 		}
-		if err == io.EOF {
-			if !follow {
-				return nil
+		if err != io.EOF {
+			return err
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if id := fileID(path + rotatedSuffix); id != rotatedID {
+			// Rotated (every rotation renames a new older file into
+			// place): what was written after our last read and before
+			// the rotation is at the end of the older file.
+			rotatedID = id
+			cur, _ := f.Seek(0, io.SeekCurrent)
+			if ok, err := copyFrom(path+rotatedSuffix, cur); !ok || err != nil {
+				return err
 			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(200 * time.Millisecond):
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
 			}
+			lr.reset(f)
+		}
+	}
+}
+
+// filterConsole writes the console lines (rotated file first) that carry
+// "[service] ", from that prefix on, each line bounded.
+func (m *Manager) filterConsole(id, service string, w io.Writer) error {
+	prefix := "[" + service + "] "
+	for _, name := range []string{m.ConsolePath(id) + rotatedSuffix, m.ConsolePath(id)} {
+		f, err := os.Open(name)
+		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-	}
-}
-
-func (m *Manager) filterConsole(id, service string, w io.Writer) error {
-	f, err := os.Open(m.ConsolePath(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	prefix := "[" + service + "] "
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		if i := strings.Index(line, prefix); i >= 0 {
-			if _, err := fmt.Fprintln(w, proto.RedactKernelArgs(line[i:])); err != nil {
-				return nil
+		lr := newLineReader(f)
+		for {
+			line, err := lr.next(true)
+			if err != nil {
+				f.Close()
+				if err != io.EOF {
+					return err
+				}
+				break
+			}
+			line = strings.TrimRight(line, "\r\n")
+			if i := strings.Index(line, prefix); i >= 0 {
+				if _, err := fmt.Fprintln(w, proto.RedactKernelArgs(line[i:])); err != nil {
+					f.Close()
+					return nil
+				}
 			}
 		}
 	}
-	return sc.Err()
+	return nil
 }
 
 // Stop shuts the VM down: gracefully through the agent, then hard.
@@ -341,6 +416,11 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 	default:
 		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
 	}
+	// From here the work belongs to the daemon, not to the request: a
+	// client that disconnects must not turn a graceful stop (the guest
+	// syncs its disks) into a kill.
+	ctx, cancel := m.lifecycleContext(ctx)
+	defer cancel()
 	if v.State == api.VMReady {
 		m.stopping(id)
 	}
@@ -420,7 +500,16 @@ func (m *Manager) Destroy(ctx context.Context, caller store.User, id string) err
 	if v.State == api.VMDestroyed {
 		return errs.E(errs.NotFound, "vm %s not found", id)
 	}
+	ctx, cancel := m.lifecycleContext(ctx)
+	defer cancel()
 	return m.destroy(ctx, v)
+}
+
+// lifecycleContext detaches lifecycle work (stop, destroy) from the
+// request that asked for it, keeping its values, and bounds it instead by
+// the graceful-stop timeout plus time for the hard stop and the network.
+func (m *Manager) lifecycleContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), m.cfg.StopTimeout+time.Minute)
 }
 
 func (m *Manager) destroy(ctx context.Context, v store.VM) error {

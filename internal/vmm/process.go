@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hangar-vm/hangar/internal/hostenv"
 )
 
 // Process is a hypervisor process, either started by this daemon or
@@ -55,7 +57,9 @@ type ProcessOptions struct {
 	// NetnsPath, when set, starts the process inside that network
 	// namespace (through nsenter, which execs in place: the pid stays).
 	NetnsPath string
-	// Env is the environment; nil inherits the daemon's.
+	// Env is the environment; nil is hostenv.Minimal(): a hypervisor
+	// runs guest-controlled emulation and must not hold the daemon's
+	// secrets (HANGAR_SEAL_KEY, the database URL).
 	Env []string
 }
 
@@ -86,6 +90,9 @@ func StartProcess(argv []string, opts ProcessOptions) (*Process, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = opts.Dir
 	cmd.Env = opts.Env
+	if cmd.Env == nil {
+		cmd.Env = hostenv.Minimal()
+	}
 	cmd.Stdout = stdout
 	cmd.Stderr = out
 	// Setsid: its own session and process group, so the daemon's
@@ -292,18 +299,27 @@ func (p *Process) Signal(sig syscall.Signal) error {
 // Kill sends SIGKILL.
 func (p *Process) Kill() error { return p.Signal(syscall.SIGKILL) }
 
-// Release stops watching without touching the process.
-func (p *Process) Release() {
+// Release stops watching without touching the process. It reports
+// whether this call released it (false when it already was).
+func (p *Process) Release() bool {
 	p.mu.Lock()
 	if p.released {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	p.released = true
 	p.mu.Unlock()
 	// Closing the pidfd wakes watch, which then returns without closing
 	// done.
 	p.pidfd.Close()
+	return true
+}
+
+// Released reports whether Release was called.
+func (p *Process) Released() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.released
 }
 
 // ProcStartTime reads field 22 (starttime) of /proc/<pid>/stat.

@@ -318,3 +318,29 @@ func TestSpecNormalize(t *testing.T) {
 		t.Error("over-long socket path accepted")
 	}
 }
+
+// TestStartProcessDoesNotLeakDaemonSecrets: a hypervisor runs
+// guest-controlled emulation, so it must not inherit the daemon's sealing
+// key or database URL.
+func TestStartProcessDoesNotLeakDaemonSecrets(t *testing.T) {
+	t.Setenv("HANGAR_SEAL_KEY", "seal-key-must-not-leak")
+	t.Setenv("HANGAR_DATABASE", "postgres://u:pw-must-not-leak@db/h")
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out.log")
+	p, err := StartProcess([]string{"sh", "-c", "env"}, ProcessOptions{Dir: dir, OutputPath: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	if strings.Contains(string(b), "must-not-leak") {
+		t.Fatalf("the hypervisor's environment holds daemon secrets:\n%s", b)
+	}
+	if !strings.Contains(string(b), "PATH=") {
+		t.Fatalf("the hypervisor's environment lacks PATH:\n%s", b)
+	}
+}

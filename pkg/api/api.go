@@ -20,6 +20,7 @@ const (
 	CodeQuotaExceeded   = "quota_exceeded"
 	CodeUnavailable     = "unavailable"
 	CodeInternal        = "internal"
+	CodeNoSpace         = "no_space" // the VM's disk (or its quota) is full
 )
 
 // ErrorResponse is the body of every non-2xx response:

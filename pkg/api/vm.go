@@ -78,6 +78,12 @@ type VM struct {
 	Providers []string  `json:"providers,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// Unresponsive is set while a ready VM's agent does not answer the
+	// daemon's liveness probes (a frozen hypervisor, a hung guest), since
+	// UnresponsiveSince; calls to it fail fast meanwhile.
+	Unresponsive      bool       `json:"unresponsive,omitempty"`
+	UnresponsiveSince *time.Time `json:"unresponsive_since,omitempty"`
 }
 
 // ExecRequest is the body of POST /api/v1/vms/{id}/exec.

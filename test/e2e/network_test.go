@@ -44,19 +44,19 @@ func newNetLab(t *testing.T) *netLab {
 	ipCmd(t, "netns", "add", l.inet)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", l.inet).Run() })
 	ipCmd(t, "-n", l.host, "link", "add", "up0", "type", "veth", "peer", "name", "dn0", "netns", l.inet)
-	ipCmd(t, "-n", l.host, "addr", "add", "10.99.0.1/24", "dev", "up0")
+	ipCmd(t, "-n", l.host, "addr", "add", "198.51.100.1/24", "dev", "up0")
 	ipCmd(t, "-n", l.host, "link", "set", "up0", "up")
 	ipCmd(t, "-n", l.host, "link", "set", "lo", "up")
-	ipCmd(t, "-n", l.host, "route", "add", "default", "via", "10.99.0.2")
-	ipCmd(t, "-n", l.inet, "addr", "add", "10.99.0.2/24", "dev", "dn0")
+	ipCmd(t, "-n", l.host, "route", "add", "default", "via", "198.51.100.2")
+	ipCmd(t, "-n", l.inet, "addr", "add", "198.51.100.2/24", "dev", "dn0")
 	ipCmd(t, "-n", l.inet, "link", "set", "dn0", "up")
 	ipCmd(t, "-n", l.inet, "link", "set", "lo", "up")
-	srv := exec.Command("ip", "netns", "exec", l.inet, "python3", "-m", "http.server", "8080", "--bind", "10.99.0.2", "--directory", t.TempDir())
+	srv := exec.Command("ip", "netns", "exec", l.inet, "python3", "-m", "http.server", "8080", "--bind", "198.51.100.2", "--directory", t.TempDir())
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
-	l.serverURL = "10.99.0.2/8080"
+	l.serverURL = "198.51.100.2/8080"
 	time.Sleep(time.Second)
 	return l
 }
@@ -81,7 +81,7 @@ func TestNetworkEgress(t *testing.T) {
 		c.Network.Prefix = "e2en"
 		c.Network.HostNetNS = "/run/netns/" + lab.host
 		c.Network.PoolSize = 1
-		c.Network.DNSUpstream = "10.99.0.2:53"
+		c.Network.DNSUpstream = "198.51.100.2:53"
 		c.Network.Egress = map[string]config.EgressPolicy{"base": {Mode: "full"}}
 	})
 	ctx := context.Background()
@@ -91,7 +91,7 @@ func TestNetworkEgress(t *testing.T) {
 	}
 	// A real service in the daemon's namespace (stands for its API): the
 	// "internet" side reaches it, so only the slot rules keep the VM out.
-	stub := exec.Command("ip", "netns", "exec", lab.host, "python3", "-m", "http.server", "8080", "--bind", "10.99.0.1", "--directory", t.TempDir())
+	stub := exec.Command("ip", "netns", "exec", lab.host, "python3", "-m", "http.server", "8080", "--bind", "198.51.100.1", "--directory", t.TempDir())
 	if err := stub.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +100,12 @@ func TestNetworkEgress(t *testing.T) {
 	if err := eventually(20*time.Second, func() bool {
 		var err error
 		probe, err = exec.Command("ip", "netns", "exec", lab.inet, "python3", "-c",
-			"import urllib.request; urllib.request.urlopen('http://10.99.0.1:8080/', timeout=2)").CombinedOutput()
+			"import urllib.request; urllib.request.urlopen('http://198.51.100.1:8080/', timeout=2)").CombinedOutput()
 		return err == nil
 	}); err != nil {
 		t.Fatalf("the stand-in API in the daemon's namespace does not answer from outside: %s", probe)
 	}
-	if reach(h, full.ID, "10.99.0.1/8080") {
+	if reach(h, full.ID, "198.51.100.1/8080") {
 		t.Error("the VM reached a listening service in the daemon's namespace")
 	}
 
@@ -145,7 +145,7 @@ func netDaemon(t *testing.T, lab *netLab) *harness {
 		c.Network.Prefix = "e2en"
 		c.Network.HostNetNS = "/run/netns/" + lab.host
 		c.Network.PoolSize = 1
-		c.Network.DNSUpstream = "10.99.0.2:53"
+		c.Network.DNSUpstream = "198.51.100.2:53"
 		c.Network.Egress = map[string]config.EgressPolicy{"base": {Mode: "full"}}
 	})
 }
@@ -158,14 +158,14 @@ func netDaemon(t *testing.T, lab *netLab) *harness {
 func TestNetworkAllowList(t *testing.T) {
 	requireVMs(t, "base")
 	lab := newNetLab(t)
-	for _, a := range []string{"10.99.0.3/24", "10.99.0.4/24"} {
+	for _, a := range []string{"198.51.100.3/24", "198.51.100.4/24"} {
 		ipCmd(t, "-n", lab.inet, "addr", "add", a, "dev", "dn0")
 	}
-	two := serveHTTPIn(t, lab.inet, "10.99.0.3:8080", "server two\n")
-	three := serveHTTPIn(t, lab.inet, "10.99.0.4:8080", "server three\n")
-	dns := serveDNSIn(t, lab.inet, "10.99.0.2:53", map[string]netip.Addr{
-		"allowed.test": netip.MustParseAddr("10.99.0.4"),
-		"denied.test":  netip.MustParseAddr("10.99.0.3"),
+	two := serveHTTPIn(t, lab.inet, "198.51.100.3:8080", "server two\n")
+	three := serveHTTPIn(t, lab.inet, "198.51.100.4:8080", "server three\n")
+	dns := serveDNSIn(t, lab.inet, "198.51.100.2:53", map[string]netip.Addr{
+		"allowed.test": netip.MustParseAddr("198.51.100.4"),
+		"denied.test":  netip.MustParseAddr("198.51.100.3"),
 	})
 	h := netDaemon(t, lab)
 	ctx := context.Background()
@@ -173,33 +173,33 @@ func TestNetworkAllowList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.admin.SetUserNetwork(ctx, carol.ID, api.PutNetworkPolicyRequest{Mode: api.EgressAllow, Allow: []string{"10.99.0.2", "allowed.test"}}); err != nil {
+	if _, err := h.admin.SetUserNetwork(ctx, carol.ID, api.PutNetworkPolicyRequest{Mode: api.EgressAllow, Allow: []string{"198.51.100.2", "allowed.test"}}); err != nil {
 		t.Fatal(err)
 	}
 	cc := client.New(h.url, carol.APIKey)
 	v := h.createReady(cc, api.KindBase, 3*time.Minute)
 
 	if !reach(h, v.ID, lab.serverURL) {
-		t.Error("allow-list: the VM cannot reach the allowed test server 10.99.0.2")
+		t.Error("allow-list: the VM cannot reach the allowed test server 198.51.100.2")
 	}
-	if reach(h, v.ID, "10.99.0.3/8080") {
-		t.Error("allow-list: the VM reached test server 2 (10.99.0.3), which is not on the list")
+	if reach(h, v.ID, "198.51.100.3/8080") {
+		t.Error("allow-list: the VM reached test server 2 (198.51.100.3), which is not on the list")
 	}
-	if reach(h, v.ID, "10.99.0.4/8080") {
-		t.Error("allow-list: 10.99.0.4 was reachable before its allowed name was resolved")
+	if reach(h, v.ID, "198.51.100.4/8080") {
+		t.Error("allow-list: 198.51.100.4 was reachable before its allowed name was resolved")
 	}
 	out := h.exec(h.admin, v.ID, "getent", "hosts", "denied.test")
 	if out.ExitCode == 0 {
 		t.Errorf("allow-list: denied.test resolved in the VM: %q", out.Stdout)
 	}
 	out = h.exec(h.admin, v.ID, "getent", "hosts", "allowed.test")
-	if out.ExitCode != 0 || !strings.HasPrefix(out.Stdout, "10.99.0.4 ") {
-		t.Fatalf("allow-list: allowed.test did not resolve to 10.99.0.4 in the VM: exit %d %q %q", out.ExitCode, out.Stdout, out.Stderr)
+	if out.ExitCode != 0 || !strings.HasPrefix(out.Stdout, "198.51.100.4 ") {
+		t.Fatalf("allow-list: allowed.test did not resolve to 198.51.100.4 in the VM: exit %d %q %q", out.ExitCode, out.Stdout, out.Stderr)
 	}
-	if !reach(h, v.ID, "10.99.0.4/8080") {
+	if !reach(h, v.ID, "198.51.100.4/8080") {
 		t.Error("allow-list: the address answered for allowed.test is not reachable")
 	}
-	if reach(h, v.ID, "10.99.0.3/8080") {
+	if reach(h, v.ID, "198.51.100.3/8080") {
 		t.Error("allow-list: resolving allowed.test opened server 2 as well")
 	}
 	for _, q := range dns.all() {
@@ -226,10 +226,10 @@ func TestNetworkAllowList(t *testing.T) {
 func TestNetworkUpstreamProxy(t *testing.T) {
 	requireVMs(t, "base")
 	lab := newNetLab(t)
-	ipCmd(t, "-n", lab.inet, "addr", "add", "10.99.0.3/24", "dev", "dn0")
+	ipCmd(t, "-n", lab.inet, "addr", "add", "198.51.100.3/24", "dev", "dn0")
 	pass := "pw-" + hex.EncodeToString(randBytes(t, 12))
-	proxy := serveProxyIn(t, lab.inet, "10.99.0.2:3128", "vmuser", pass)
-	target := serveHTTPIn(t, lab.inet, "10.99.0.3:8080", "through the proxy\n")
+	proxy := serveProxyIn(t, lab.inet, "198.51.100.2:3128", "vmuser", pass)
+	target := serveHTTPIn(t, lab.inet, "198.51.100.3:8080", "through the proxy\n")
 	h := netDaemon(t, lab)
 	ctx := context.Background()
 	dave, err := h.admin.CreateUser(ctx, api.CreateUserRequest{Name: "dave"})
@@ -241,7 +241,7 @@ func TestNetworkUpstreamProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	adminKey := strings.TrimSpace(string(key))
-	body := `{"mode":"full","proxy":"http://vmuser:` + pass + `@10.99.0.2:3128"}`
+	body := `{"mode":"full","proxy":"http://vmuser:` + pass + `@198.51.100.2:3128"}`
 	// Only admins may set it, and no answer echoes the password.
 	if st, resp := putJSON(t, h.url+"/api/v1/users/"+dave.ID+"/network", dave.APIKey, body); st != 403 {
 		t.Errorf("a user set their own network policy: %d %s", st, resp)
@@ -262,13 +262,13 @@ func TestNetworkUpstreamProxy(t *testing.T) {
 	// curl nor wget).
 	get := `p=${HTTP_PROXY#http://}; p=${p%/}; [ -n "$p" ] || { echo "no HTTP_PROXY" >&2; exit 3; }
 exec 3<>/dev/tcp/${p%:*}/${p##*:} || exit 4
-printf 'GET http://10.99.0.3:8080/via-proxy HTTP/1.0\r\nHost: 10.99.0.3:8080\r\n\r\n' >&3
+printf 'GET http://198.51.100.3:8080/via-proxy HTTP/1.0\r\nHost: 198.51.100.3:8080\r\n\r\n' >&3
 cat <&3`
 	out := h.exec(dc, v.ID, "timeout", "20", "bash", "-c", get)
 	if out.ExitCode != 0 || !strings.Contains(out.Stdout, " 200 ") || !strings.Contains(out.Stdout, "through the proxy") {
 		t.Fatalf("fetch through HTTP_PROXY: exit %d\nstdout: %s\nstderr: %s", out.ExitCode, out.Stdout, out.Stderr)
 	}
-	if got := proxy.all(); len(got) != 1 || got[0] != "auth-ok GET http://10.99.0.3:8080/via-proxy" {
+	if got := proxy.all(); len(got) != 1 || got[0] != "auth-ok GET http://198.51.100.3:8080/via-proxy" {
 		t.Errorf("the upstream proxy saw %v, want one authenticated GET of the target", got)
 	}
 	if got := target.all(); len(got) != 1 || got[0] != "GET /via-proxy" {

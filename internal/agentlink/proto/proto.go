@@ -258,6 +258,7 @@ const (
 	CodeTooLarge     = "too_large"
 	CodeUnavailable  = "unavailable"
 	CodeInternal     = "internal"
+	CodeNoSpace      = "no_space" // 507: the guest's filesystem (or quota) is full
 )
 
 // ErrorBody is the JSON body of every non-2xx answer.

@@ -113,6 +113,13 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	now := s.opts.Now()
 	s.mu.Lock()
 	s.sweepLocked(now)
+	if s.pendingFullLocked() {
+		s.mu.Unlock()
+		s.log.Warn("dev oauth authorize refused", "reason", "too many pending authorizations", "limit", maxPending)
+		s.errorPage(w, http.StatusServiceUnavailable, "Too many logins in progress",
+			"Too many sign-ins are waiting to be completed. Try again in a few minutes.")
+		return
+	}
 	s.requests[key] = &authRequest{
 		clientID: clientID, redirectURI: redirectURI, state: state,
 		challenge: q.Get("code_challenge"), scope: q.Get("scope"),

@@ -221,6 +221,9 @@ func New(opts Options) *Server {
 
 // ServeHTTP serves the endpoints under Options.Prefix.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !limitRequest(w, r) {
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 

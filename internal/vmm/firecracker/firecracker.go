@@ -23,9 +23,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/hangar-vm/hangar/internal/hostenv"
 	"github.com/hangar-vm/hangar/internal/vmm"
 )
 
@@ -63,6 +63,10 @@ type Config struct {
 	StopGrace time.Duration
 	// Logger receives driver logs; nil discards.
 	Logger *slog.Logger
+	// Env is added to the process's minimal environment (it never gets
+	// the daemon's; see internal/hostenv). Tests use it to turn the test
+	// binary into a fake Firecracker.
+	Env []string
 }
 
 // Driver is the Firecracker vmm.Driver.
@@ -226,12 +230,13 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		// process's stdout.
 		StdoutPath: p.console,
 		NetnsPath:  netnsOf(spec),
+		Env:        hostenv.Minimal(d.cfg.Env...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("firecracker start: %w", err)
 	}
 	d.log.Info("firecracker started", "vm_id", spec.ID, "pid", proc.PID(), "restore", spec.RestoreFrom != "")
-	h := &handle{d: d, spec: spec, paths: p, proc: proc, started: began, api: NewClient(p.api)}
+	h := &handle{ProcessHandle: vmm.ProcessHandle{VMID: spec.ID, Proc: proc}, d: d, spec: spec, paths: p, started: began, api: NewClient(p.api)}
 	proc.SetExitHook(h.exitError)
 	fail := func(err error) (vmm.Handle, error) {
 		_ = proc.Kill()
@@ -336,7 +341,7 @@ func (d *Driver) Recover(ctx context.Context, st vmm.State) (vmm.Handle, error) 
 	spec.ID, spec.RunDir = st.ID, st.RunDir
 	p := paths{api: st.ControlSocket, vsock: st.Agent.Path, stderr: st.StderrPath,
 		log: filepath.Join(st.RunDir, logName), console: st.ConsolePath}
-	h := &handle{d: d, spec: spec, paths: p, proc: proc, started: st.StartedAt, api: NewClient(p.api)}
+	h := &handle{ProcessHandle: vmm.ProcessHandle{VMID: spec.ID, Proc: proc}, d: d, spec: spec, paths: p, started: st.StartedAt, api: NewClient(p.api)}
 	proc.SetExitHook(h.exitError)
 	if _, err := h.api.DescribeInstance(ctx); err != nil {
 		proc.Release()
@@ -349,39 +354,31 @@ func (d *Driver) Recover(ctx context.Context, st vmm.State) (vmm.Handle, error) 
 
 // handle is one Firecracker process.
 type handle struct {
+	// ProcessHandle holds the process and the released/stopping
+	// bookkeeping shared with the QEMU driver.
+	vmm.ProcessHandle
 	d       *Driver
 	spec    vmm.Spec
 	paths   paths
-	proc    *vmm.Process
 	started time.Time
 	api     *Client
-
-	mu sync.Mutex // guards stopping, released
-	// stopping is set when Stop ended the process on purpose.
-	stopping bool
-	released bool
 }
 
 func (h *handle) exitError(err error) error {
-	h.mu.Lock()
-	stopping := h.stopping
-	h.mu.Unlock()
 	h.api.Close()
-	if stopping {
+	if h.Stopping() {
 		return nil
 	}
 	return err
 }
 
-func (h *handle) ID() string { return h.spec.ID }
-
 func (h *handle) State() vmm.State {
 	return vmm.State{
 		Driver:        DriverName,
 		ID:            h.spec.ID,
-		PID:           h.proc.PID(),
-		StartTime:     h.proc.StartTime(),
-		BootID:        h.proc.BootID(),
+		PID:           h.Proc.PID(),
+		StartTime:     h.Proc.StartTime(),
+		BootID:        h.Proc.BootID(),
 		RunDir:        h.spec.RunDir,
 		ControlSocket: h.paths.api,
 		Agent:         h.Agent(),
@@ -393,65 +390,28 @@ func (h *handle) State() vmm.State {
 	}
 }
 
-func (h *handle) Done() <-chan struct{} { return h.proc.Done() }
-
-func (h *handle) ExitErr() error {
-	if !h.proc.Exited() {
-		return nil
-	}
-	return h.proc.Err()
-}
-
-func (h *handle) Wait(ctx context.Context) error { return h.proc.Wait(ctx) }
-
 func (h *handle) Agent() vmm.AgentEndpoint {
 	return vmm.AgentEndpoint{Kind: vmm.AgentVsockUDS, Path: h.paths.vsock, Port: h.d.cfg.AgentPort}
 }
 
 func (h *handle) ConsolePath() string { return h.paths.console }
 
-func (h *handle) live() error {
-	h.mu.Lock()
-	released := h.released
-	h.mu.Unlock()
-	if released {
-		return vmm.ErrReleased
-	}
-	if h.proc.Exited() {
-		return vmm.ErrNotRunning
-	}
-	return nil
-}
-
 // Stop sends SendCtrlAltDel (on x86 the guest sees the keyboard
 // controller's reset; the kernel reboots, and Firecracker exits on a
 // guest reboot), waits StopGrace, then SIGKILLs.
 func (h *handle) Stop(ctx context.Context) error {
-	if err := h.live(); err != nil {
-		if errors.Is(err, vmm.ErrNotRunning) {
-			return nil
-		}
+	if running, err := h.MarkStopping(); !running {
 		return err
 	}
-	h.mu.Lock()
-	h.stopping = true
-	h.mu.Unlock()
 	ctrlAltDel := func(ctx context.Context) error { return h.api.Action(ctx, ActionSendCtrlAltDel) }
-	if err := h.proc.Stop(ctx, "firecracker", h.d.cfg.StopGrace, ctrlAltDel, h.d.log.With("vm_id", h.spec.ID)); err != nil {
+	if err := h.Proc.Stop(ctx, "firecracker", h.d.cfg.StopGrace, ctrlAltDel, h.d.log.With("vm_id", h.spec.ID)); err != nil {
 		return fmt.Errorf("stop vm %s: %w", h.spec.ID, err)
 	}
 	return nil
 }
 
-func (h *handle) Kill() error {
-	if err := h.proc.Kill(); err != nil {
-		return fmt.Errorf("kill vm %s: %w", h.spec.ID, err)
-	}
-	return nil
-}
-
 func (h *handle) Pause(ctx context.Context) error {
-	if err := h.live(); err != nil {
+	if err := h.Live(); err != nil {
 		return fmt.Errorf("pause vm %s: %w", h.spec.ID, err)
 	}
 	if err := h.api.PatchVM(ctx, StatePaused); err != nil {
@@ -461,7 +421,7 @@ func (h *handle) Pause(ctx context.Context) error {
 }
 
 func (h *handle) Resume(ctx context.Context) error {
-	if err := h.live(); err != nil {
+	if err := h.Live(); err != nil {
 		return fmt.Errorf("resume vm %s: %w", h.spec.ID, err)
 	}
 	if err := h.api.PatchVM(ctx, StateResumed); err != nil {
@@ -475,7 +435,7 @@ func (h *handle) Resume(ctx context.Context) error {
 // only guarantees they reached the host page cache).
 func (h *handle) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) (vmm.SnapshotMeta, error) {
 	var meta vmm.SnapshotMeta
-	if err := h.live(); err != nil {
+	if err := h.Live(); err != nil {
 		return meta, fmt.Errorf("snapshot vm %s: %w", h.spec.ID, err)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -527,14 +487,5 @@ func (h *handle) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOpti
 }
 
 func (h *handle) Release() error {
-	h.mu.Lock()
-	if h.released {
-		h.mu.Unlock()
-		return nil
-	}
-	h.released = true
-	h.mu.Unlock()
-	h.proc.Release()
-	h.api.Close()
-	return nil
+	return h.ReleaseWith(func() error { h.api.Close(); return nil })
 }

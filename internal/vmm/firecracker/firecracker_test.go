@@ -33,12 +33,12 @@ func shortDir(t *testing.T) string {
 // fakeDriver runs this test binary as the fake Firecracker.
 func fakeDriver(t *testing.T) *Driver {
 	t.Helper()
-	t.Setenv("HANGAR_FAKE_FIRECRACKER", "1")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Config{Binary: exe, StopGrace: 2 * time.Second})
+	// Hypervisors get a minimal environment, so the switch goes in Env.
+	return New(Config{Binary: exe, StopGrace: 2 * time.Second, Env: []string{"HANGAR_FAKE_FIRECRACKER=1"}})
 }
 
 func testSpec(t *testing.T) vmm.Spec {
@@ -258,7 +258,7 @@ func TestRestoreSequence(t *testing.T) {
 
 func TestStartFaultSurfacesAndKillsProcess(t *testing.T) {
 	d := fakeDriver(t)
-	t.Setenv("HANGAR_FAKE_FC_FAIL", "PUT /boot-source")
+	d.cfg.Env = append(d.cfg.Env, "HANGAR_FAKE_FC_FAIL=PUT /boot-source")
 	spec := testSpec(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -1,9 +1,14 @@
 package qemu
 
 import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hangar-vm/hangar/internal/vmm"
 )
@@ -58,6 +63,7 @@ func TestArgsTCG(t *testing.T) {
 	check("-machine", "pc")
 	check("-accel", "tcg,thread=multi")
 	check("-cpu", "max")
+	check("-sandbox", "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny")
 	check("-smp", "2")
 	check("-m", "1024")
 	check("-kernel", "/img/kernel-x/bzImage")
@@ -69,7 +75,7 @@ func TestArgsTCG(t *testing.T) {
 		"if=none,id=base,file=/img/base,,1.ext4,format=raw,readonly=on",
 		"if=none,id=upper,file=/data/vm-1/upper.img,format=raw,discard=unmap")
 	check("-chardev",
-		"file,id=con,path=/run/hangar/vm-1/console.log,logappend=on",
+		"file,id=con,path=/run/hangar/vm-1/console.log,append=on",
 		"socket,id=agent,path=/run/hangar/vm-1/agent.sock,server=on,wait=off")
 	check("-device",
 		"virtio-blk-pci,drive=base,serial=hangar-base",
@@ -93,7 +99,7 @@ func TestArgsKVMNetRestoreInitrd(t *testing.T) {
 	if got := argAfter(a, "-accel"); !slices.Equal(got, []string{"kvm"}) {
 		t.Errorf("-accel %q", got)
 	}
-	if got := argAfter(a, "-cpu"); !slices.Equal(got, []string{"host"}) {
+	if got := argAfter(a, "-cpu"); !slices.Equal(got, []string{"host,vmx=off,svm=off"}) {
 		t.Errorf("-cpu %q", got)
 	}
 	if got := argAfter(a, "-initrd"); !slices.Equal(got, []string{"/tmp/initrd.cpio"}) {
@@ -130,5 +136,49 @@ func TestKernelCmdlineInitrdOnly(t *testing.T) {
 func TestShellQuote(t *testing.T) {
 	if got := shellQuote("/a b/it's"); got != `'/a b/it'\''s'` {
 		t.Fatalf("quote %s", got)
+	}
+}
+
+// TestConsoleSurvivesRestart runs the real QEMU binary with the driver's
+// own command line (which also shows this QEMU accepts its -cpu and
+// -sandbox options: they are parsed before the kernel is loaded) (minus the kernel, which need not exist: QEMU opens its
+// chardevs before it loads one and exits then) over a console file that
+// holds an earlier boot's lines. Restarting a failed VM must not erase the
+// console evidence hangar promises to keep: QEMU's "logappend" applies to
+// a chardev's logfile, not to the file backend, which truncates unless
+// opened with "append".
+func TestConsoleSurvivesRestart(t *testing.T) {
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	dir := t.TempDir()
+	spec, err := vmm.Spec{
+		ID: "vm-r", RunDir: dir, KernelPath: filepath.Join(dir, "no-such-kernel"), InitrdPath: filepath.Join(dir, "no-initrd"),
+		VCPUs: 1, MemoryMiB: 64,
+	}.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := vmPaths(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const earlier = "earlier boot: kernel panic evidence\n"
+	if err := os.WriteFile(p.console, []byte(earlier), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, Args(spec, vmm.AccelTCG, p)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no-such-kernel") {
+		t.Fatalf("qemu without a kernel: %v, %s; want it to fail on the kernel after opening the console", err, out)
+	}
+	b, err := os.ReadFile(p.console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(b), earlier) {
+		t.Fatalf("console after a restart holds %q; the earlier boot's lines are gone", b)
 	}
 }

@@ -23,46 +23,46 @@ const migrateBandwidth = 64 << 30
 // host match the memory state; `cont` (Resume) re-activates them.
 func (h *handle) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOptions) (vmm.SnapshotMeta, error) {
 	var meta vmm.SnapshotMeta
-	if err := h.live(); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+	if err := h.Live(); err != nil {
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	began := time.Now()
 	if err := h.qmp.Execute(ctx, "stop", nil, nil); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: pause: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: pause: %w", h.VMID, err)
 	}
 	if err := h.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": migrateBandwidth}, nil); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	tmp := filepath.Join(dir, stateFileName+".tmp")
 	final := filepath.Join(dir, stateFileName)
 	_ = os.Remove(tmp)
 	if err := h.qmp.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(tmp)}, nil); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	mi, err := h.waitMigration(ctx)
 	if err != nil {
 		// Leave no half-written state behind; the VM stays paused.
 		_ = h.qmp.Execute(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
 		_ = os.Remove(tmp)
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	if err := vmm.SyncPath(tmp); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
 	if h.spec.UpperDisk != "" {
 		if err := vmm.SyncPath(h.spec.UpperDisk); err != nil {
-			return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+			return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 		}
 	}
 	meta = vmm.SnapshotMeta{
 		Driver:       DriverName,
-		ID:           h.id,
+		ID:           h.VMID,
 		CreatedAt:    time.Now().UTC(),
 		Accel:        h.accel,
 		VCPUs:        h.spec.VCPUs,
@@ -75,15 +75,15 @@ func (h *handle) Snapshot(ctx context.Context, dir string, opts vmm.SnapshotOpti
 	}
 	if opts.CopyUpperDisk && h.spec.UpperDisk != "" {
 		if err := vmm.CopySparse(ctx, h.spec.UpperDisk, filepath.Join(dir, "upper.img")); err != nil {
-			return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+			return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 		}
 		meta.UpperDiskCopy = "upper.img"
 	}
 	meta.Duration = time.Since(began)
 	if err := vmm.WriteSnapshotMeta(dir, meta); err != nil {
-		return meta, fmt.Errorf("snapshot vm %s: %w", h.id, err)
+		return meta, fmt.Errorf("snapshot vm %s: %w", h.VMID, err)
 	}
-	h.d.log.Info("qemu snapshot written", "vm_id", h.id, "dir", dir, "size_bytes", meta.SizeBytes,
+	h.d.log.Info("qemu snapshot written", "vm_id", h.VMID, "dir", dir, "size_bytes", meta.SizeBytes,
 		"duration_ms", meta.Duration.Milliseconds(), "migration_ms", mi.TotalTime)
 	return meta, nil
 }
@@ -106,7 +106,7 @@ func (h *handle) waitMigration(ctx context.Context) (MigrationInfo, error) {
 		select {
 		case <-ctx.Done():
 			return mi, fmt.Errorf("migration %s: %w", mi.Status, ctx.Err())
-		case <-h.proc.Done():
+		case <-h.Proc.Done():
 			return mi, fmt.Errorf("migration: %w", vmm.ErrNotRunning)
 		case <-time.After(10 * time.Millisecond):
 		}

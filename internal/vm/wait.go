@@ -17,6 +17,12 @@ import (
 func (m *Manager) Wait(ctx context.Context, caller store.User, id string, states []string) (api.VM, error) {
 	for {
 		v, err := m.get(ctx, caller, id)
+		if err != nil && ctx.Err() != nil {
+			// The deadline passed during the read: say what the VM is.
+			if v, gerr := m.get(context.WithoutCancel(ctx), caller, id); gerr == nil {
+				return m.toAPI(v), ctx.Err()
+			}
+		}
 		if err != nil {
 			return api.VM{}, err
 		}

@@ -66,9 +66,11 @@ func yamuxConfig() *yamux.Config {
 	cfg.EnableKeepAlive = true
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.MaxStreamWindowSize = 1 << 20
-	// Streams the guest opens wait here until acceptStreams takes them;
-	// yamux resets the ones beyond the backlog instead of queueing them.
-	cfg.AcceptBacklog = acceptBacklog
+	// AcceptBacklog stays yamux's default (256): it also caps the streams
+	// this side has opened and the agent not yet acknowledged, and a
+	// small value stalls calls to a busy guest. Streams the guest opens
+	// are bounded by acceptStreams taking each at once, not by the
+	// backlog (yamux resets those beyond it).
 	return cfg
 }
 

@@ -28,9 +28,6 @@ const (
 	DefaultMaxFileBytes = 256 << 20
 	// maxErrorBody bounds the body of a non-2xx answer.
 	maxErrorBody = 64 << 10
-	// acceptBacklog bounds streams the guest opened that the host has not
-	// taken yet; yamux resets the ones beyond it.
-	acceptBacklog = 16
 )
 
 // ErrTooLarge is wrapped by errors about a value from the guest exceeding

@@ -17,10 +17,15 @@ import (
 // answers again. A link that ended (yamux keepalive gives up on a guest
 // paused for ~25 s) is redialled on each probe, so a VM that thaws comes
 // back by itself.
+//
+// The deadline and the count are generous on purpose: a TCG guest on a
+// loaded host can be slow to answer, and a VM wrongly reported
+// unresponsive has its calls refused; a hang is still noticed within
+// about 40 s.
 const (
 	livenessInterval = 10 * time.Second
-	livenessTimeout  = 5 * time.Second
-	livenessFailures = 2
+	livenessTimeout  = 10 * time.Second
+	livenessFailures = 3
 )
 
 // prober is the liveness loop, apart from the manager so it can be tested

@@ -43,6 +43,7 @@ type plan struct {
 	kinds    []string
 	quick    bool
 	keepRuns bool
+	earlier  *bench.Result // a run to compare with, or nil
 }
 
 func quickPlan() plan {
@@ -61,12 +62,23 @@ func main() {
 	out := flag.String("out", "bench/results", "directory for the result files")
 	version := flag.String("version", "dev", "hangar version recorded in the result")
 	keep := flag.Bool("keep", false, "keep the run's data directory (for debugging)")
+	against := flag.String("compare", "", "an earlier result JSON: also print this run's p50s against it (refused when the accelerations differ)")
 	flag.Parse()
 	p := fullPlan()
 	if *quick {
 		p = quickPlan()
 	}
 	p.keepRuns = *keep
+	if *against != "" {
+		// Read it first: a run that cannot be compared should fail in a
+		// second, not after half an hour of booting.
+		earlier, err := bench.ReadJSON(*against)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hangar-bench:", err)
+			os.Exit(1)
+		}
+		p.earlier = earlier
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, p, config.ResolveDataDir(*dataDir), *out, *version); err != nil {
@@ -92,6 +104,10 @@ func run(ctx context.Context, p plan, dataDir, outDir, version string) error {
 	accel, reason, err := vmm.ResolveAccel("auto")
 	if err != nil {
 		return err
+	}
+	if p.earlier != nil && p.earlier.Host.Accel != accel {
+		return fmt.Errorf("cannot compare with the run of %s: it ran under %s, this host runs %s",
+			p.earlier.StartedAt.Format(time.RFC3339), p.earlier.Host.Accel, accel)
 	}
 	host, _ := os.Hostname()
 	res := &bench.Result{Schema: bench.Schema, StartedAt: time.Now().UTC(), Quick: p.quick, Host: bench.Host{
@@ -161,7 +177,17 @@ func run(ctx context.Context, p plan, dataDir, outDir, version string) error {
 	}
 	b.compare()
 	res.FinishedAt = time.Now().UTC()
-	return write(res, outDir)
+	if err := write(res, outDir); err != nil {
+		return err
+	}
+	if p.earlier != nil {
+		md, err := bench.CompareRuns(p.earlier, res)
+		if err != nil {
+			return err
+		}
+		fmt.Print("\n" + md)
+	}
+	return nil
 }
 
 // snapshotHook is where template-snapshot and warm-pool boots plug in.

@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -208,4 +209,25 @@ func ReadJSON(path string) (*Result, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &r, nil
+}
+
+// CompareRuns renders, for each measure both runs have, this run's p50
+// against the earlier run's: how a change moved it. Runs under different
+// accelerations are refused (Comparable).
+func CompareRuns(earlier, now *Result) (string, error) {
+	if err := Comparable(earlier, now); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "| measure (vs %s on %s) | unit | then p50 (N) | now p50 (N) | now/then |\n|---|---|---:|---:|---:|\n",
+		earlier.StartedAt.Format("2006-01-02 15:04"), earlier.Host.Name)
+	for _, m := range now.Measures {
+		old, ok := earlier.Measure(m.ID)
+		if !ok || old.Summary.P50 == 0 || old.Unit != m.Unit {
+			continue
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s (%d) | %s (%d) | %.2f |\n", m.Label, m.Unit,
+			num(old.Summary.P50), old.Summary.N, num(m.Summary.P50), m.Summary.N, m.Summary.P50/old.Summary.P50)
+	}
+	return b.String(), nil
 }

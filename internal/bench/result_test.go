@@ -81,3 +81,15 @@ func TestComparableRefusesDifferentAccel(t *testing.T) {
 		t.Fatalf("tcg vs kvm: %v", err)
 	}
 }
+
+func TestCompareRuns(t *testing.T) {
+	then, now := sampleResult("tcg"), sampleResult("tcg")
+	now.Add("boot/base/hangar/total", "hangar", "ms", []float64{100})
+	md, err := CompareRuns(then, now)
+	if err != nil || !strings.Contains(md, "| hangar | ms | 200 (3) | 100 (1) | 0.50 |") {
+		t.Fatalf("%v\n%s", err, md)
+	}
+	if _, err := CompareRuns(then, sampleResult("kvm")); err == nil {
+		t.Fatal("compared a TCG run with a KVM run")
+	}
+}

@@ -63,7 +63,19 @@ func main() {
 	version := flag.String("version", "dev", "hangar version recorded in the result")
 	keep := flag.Bool("keep", false, "keep the run's data directory (for debugging)")
 	against := flag.String("compare", "", "an earlier result JSON: also print this run's p50s against it (refused when the accelerations differ)")
+	render := flag.String("render", "", "only redraw the table and charts of an existing result JSON (no VMs)")
 	flag.Parse()
+	if *render != "" {
+		res, err := bench.ReadJSON(*render)
+		if err == nil {
+			err = write(res, filepath.Dir(*render))
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "hangar-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	p := fullPlan()
 	if *quick {
 		p = quickPlan()

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"path/filepath"
 	"strings"
 
@@ -99,6 +100,7 @@ func GroupedBars(r *Result, path, title, ylabel string, groups []string, series 
 	w := vg.Points(14)
 	var missing []string
 	for i, s := range series {
+		var gone []string
 		vals := make(plotter.Values, len(groups))
 		for gi, g := range groups {
 			for _, bar := range s.Bars {
@@ -108,9 +110,12 @@ func GroupedBars(r *Result, path, title, ylabel string, groups []string, series 
 				if m, ok := r.Measure(bar.ID); ok && bar.ID != "" {
 					vals[gi] = m.Summary.P50
 				} else {
-					missing = append(missing, s.Name+"/"+g)
+					gone = append(gone, g)
 				}
 			}
+		}
+		if len(gone) > 0 {
+			missing = append(missing, s.Name+" for "+strings.Join(gone, ", "))
 		}
 		bc, err := plotter.NewBarChart(vals, w)
 		if err != nil {
@@ -122,8 +127,7 @@ func GroupedBars(r *Result, path, title, ylabel string, groups []string, series 
 		p.Add(bc)
 		p.Legend.Add(s.Name, bc)
 	}
-	p.Legend.Top = true
-	p.NominalX(groups...)
+	finish(p, groups)
 	if len(missing) > 0 {
 		p.Title.Text += "\n(not measured: " + strings.Join(missing, ", ") + ")"
 	}
@@ -161,9 +165,34 @@ func StackedBars(r *Result, path, title, ylabel string, groups []string, phases 
 		p.Add(bc)
 		p.Legend.Add(s.Name, bc)
 	}
-	p.Legend.Top = true
-	p.NominalX(groups...)
+	finish(p, groups)
 	return p.Save(vg.Points(float64(max(320, 110*len(groups)+60))), vg.Points(300), path)
+}
+
+// finish lays out a bar chart: category labels, room beside the outer
+// bars and above the tallest for the legend, which goes top left.
+func finish(p *plot.Plot, groups []string) {
+	p.NominalX(groups...)
+	p.X.Min, p.X.Max = -0.7, float64(len(groups)-1)+0.7
+	p.Y.Min = 0
+	p.Y.Max = niceCeil(p.Y.Max * 1.25)
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(8)
+}
+
+// niceCeil rounds v up to a round multiple of a power of ten, so the
+// axis' ticks land on round numbers.
+func niceCeil(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	mag := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, f := range []float64{1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10} {
+		if v <= f*mag {
+			return f * mag
+		}
+	}
+	return 10 * mag
 }
 
 // ChartPath names a chart beside the result's JSON.

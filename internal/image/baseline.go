@@ -58,13 +58,18 @@ type SystemdBaseline struct {
 
 // EnsureSystemdBaseline returns the systemd baseline of flavor cached under
 // dir, building it first when it is missing. The cache key is the hash of
-// everything that goes in (flavor packages, extra packages, suite, mirror,
-// readiness unit), so changing any of them builds a new one. Only the base
-// flavor is supported: the browser flavor's services are started by the
-// agent, and a faithful systemd version of them is a larger piece of work.
+// everything that goes in (packages, suite, mirror, units), so changing any
+// of them builds a new one.
+//
+// Flavors: base (the base packages), and browser: the cli flavor's Debian
+// packages and the browser flavor's, with hangar's own browser service
+// declarations (Xvfb, x11vnc, Chromium) turned into systemd units and the
+// readiness unit waiting for the same readiness conditions hangar's agent
+// checks. The cli flavor's Node.js and npm CLIs are left out: they are files
+// nobody starts at boot, and they would not change the boot being measured.
 func (c *Cache) EnsureSystemdBaseline(ctx context.Context, flavor, dir string, p Progress) (SystemdBaseline, error) {
-	if flavor != FlavorBase {
-		return SystemdBaseline{}, fmt.Errorf("systemd baseline: flavor %q is not supported (only %q)", flavor, FlavorBase)
+	if flavor != FlavorBase && flavor != FlavorBrowser {
+		return SystemdBaseline{}, fmt.Errorf("systemd baseline: flavor %q is not supported (base or browser)", flavor)
 	}
 	pk, err := embedded("flavors/base.packages")
 	if err != nil {
@@ -72,8 +77,32 @@ func (c *Cache) EnsureSystemdBaseline(ctx context.Context, flavor, dir string, p
 	}
 	pkgs := append(parsePackages(pk), baselineExtra...)
 	sort.Strings(pkgs)
+	parts := []string{"systemd-baseline/v1", flavor, strings.Join(pkgs, ","), c.suite, c.apt.Mirror, c.apt.Security, baselineUnit}
+	var extra []string
+	var units map[string]string
+	if flavor == FlavorBrowser {
+		for _, f := range []string{"flavors/cli.packages", "flavors/browser.packages"} {
+			b, err := embedded(f)
+			if err != nil {
+				return SystemdBaseline{}, err
+			}
+			extra = append(extra, parsePackages(b)...)
+		}
+		if units, err = browserUnits(); err != nil {
+			return SystemdBaseline{}, err
+		}
+		names := make([]string, 0, len(units))
+		for n := range units {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		parts = append(parts, strings.Join(extra, ","))
+		for _, n := range names {
+			parts = append(parts, n, units[n])
+		}
+	}
 	h := sha256.New()
-	for _, part := range []string{"systemd-baseline/v1", flavor, strings.Join(pkgs, ","), c.suite, c.apt.Mirror, c.apt.Security, baselineUnit} {
+	for _, part := range parts {
 		h.Write([]byte(part))
 		h.Write([]byte{0})
 	}
@@ -97,7 +126,80 @@ func (c *Cache) EnsureSystemdBaseline(ctx context.Context, flavor, dir string, p
 	if bl, err := readBaseline(final); err == nil {
 		return bl, nil
 	}
-	return c.buildBaseline(ctx, flavor, id, pkgs, dir, final, p)
+	return c.buildBaseline(ctx, flavor, id, pkgs, extra, units, dir, final, p)
+}
+
+// browserUnits turns hangar's browser service declarations into systemd
+// units (same argv, environment, user, ordering, restart policy) plus a
+// readiness unit that waits for each declared readiness condition, as the
+// agent does, before it signals.
+func browserUnits() (map[string]string, error) {
+	svcs, err := embeddedTree("services/browser")
+	if err != nil {
+		return nil, err
+	}
+	units := map[string]string{}
+	var names, checks []string
+	for p, data := range svcs {
+		if !strings.HasSuffix(p, ".json") {
+			continue
+		}
+		s, err := validateService(p, data)
+		if err != nil {
+			return nil, err
+		}
+		var u strings.Builder
+		fmt.Fprintf(&u, "[Unit]\nDescription=%s (as hangar declares it)\n", s.Name)
+		for _, a := range s.After {
+			fmt.Fprintf(&u, "After=%s.service\nRequires=%s.service\n", a, a)
+		}
+		u.WriteString("\n[Service]\nType=simple\n")
+		if s.User != "" {
+			fmt.Fprintf(&u, "User=%s\n", s.User)
+		}
+		envs := make([]string, 0, len(s.Env))
+		for k, v := range s.Env {
+			envs = append(envs, k+"="+v)
+		}
+		sort.Strings(envs)
+		for _, e := range envs {
+			fmt.Fprintf(&u, "Environment=%s\n", e)
+		}
+		fmt.Fprintf(&u, "ExecStart=%s\n", strings.Join(s.Argv, " "))
+		switch s.Restart {
+		case "always", "on-failure":
+			fmt.Fprintf(&u, "Restart=%s\nRestartSec=1\n", s.Restart)
+		}
+		u.WriteString("\n[Install]\nWantedBy=multi-user.target\n")
+		units[s.Name+".service"] = u.String()
+		names = append(names, s.Name+".service")
+		if r := s.Ready; r != nil {
+			switch {
+			case r.TCP != "":
+				host, port, _ := strings.Cut(r.TCP, ":")
+				checks = append(checks, fmt.Sprintf("until (exec 3<>/dev/tcp/%s/%s) 2>/dev/null; do sleep 0.1; done", host, port))
+			case r.File != "":
+				checks = append(checks, fmt.Sprintf("until [ -e %s ]; do sleep 0.1; done", r.File))
+			default:
+				checks = append(checks, "until "+strings.Join(r.Cmd, " ")+" >/dev/null 2>&1; do sleep 0.1; done")
+			}
+		}
+	}
+	sort.Strings(names)
+	sort.Strings(checks)
+	units["hangar-baseline-ready.service"] = fmt.Sprintf(`[Unit]
+Description=hangar benchmark: signal readiness once the browser services are ready
+After=multi-user.target %s
+Wants=%s
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash -c '%s; echo %s > /dev/ttyS0'
+
+[Install]
+WantedBy=multi-user.target
+`, strings.Join(names, " "), strings.Join(names, " "), strings.Join(checks, "; "), BaselineReadyLine)
+	return units, nil
 }
 
 func readBaseline(dir string) (SystemdBaseline, error) {
@@ -121,7 +223,7 @@ func readBaseline(dir string) (SystemdBaseline, error) {
 	return bl, nil
 }
 
-func (c *Cache) buildBaseline(ctx context.Context, flavor, id string, pkgs []string, dir, final string, p Progress) (SystemdBaseline, error) {
+func (c *Cache) buildBaseline(ctx context.Context, flavor, id string, pkgs, extra []string, units map[string]string, dir, final string, p Progress) (SystemdBaseline, error) {
 	start := time.Now()
 	b, err := newBuild(filepath.Join(dir, "logs"), "baseline "+flavor, p)
 	if err != nil {
@@ -154,7 +256,26 @@ func (c *Cache) buildBaseline(ctx context.Context, flavor, id string, pkgs []str
 	}); err != nil {
 		return SystemdBaseline{}, err
 	}
-	bl := SystemdBaseline{ID: id, Flavor: flavor, Packages: pkgs, CreatedAt: time.Now().UTC()}
+	if len(extra) > 0 {
+		// The flavor's packages through apt, as hangar's layers get them
+		// (debootstrap's own resolver does not handle Chromium's
+		// dependencies), with hangar's apt settings: no recommends, no docs.
+		if err := b.step("apt install", func(s *stepCtx) error {
+			if err := c.prepareApt(root); err != nil {
+				return err
+			}
+			return aptInstall(ctx, b, s, root, extra)
+		}); err != nil {
+			return SystemdBaseline{}, err
+		}
+		if err := b.step("add user", func(*stepCtx) error {
+			return b.run(ctx, chroot(ctx, root, "useradd", "--create-home", "--uid", strconv.Itoa(GuestUID),
+				"--user-group", "--shell", "/bin/bash", "--home-dir", GuestHome, GuestUser), nil)
+		}); err != nil {
+			return SystemdBaseline{}, err
+		}
+	}
+	bl := SystemdBaseline{ID: id, Flavor: flavor, Packages: append(append([]string(nil), pkgs...), extra...), CreatedAt: time.Now().UTC()}
 	if err := b.step("configure", func(*stepCtx) error {
 		// Stock configuration: a writable root from fstab, a hostname, the
 		// readiness unit enabled. Nothing is masked or tuned either way.
@@ -162,7 +283,12 @@ func (c *Cache) buildBaseline(ctx context.Context, flavor, id string, pkgs []str
 			"etc/hostname": "baseline\n",
 			"etc/hosts":    "127.0.0.1\tlocalhost\n127.0.1.1\tbaseline\n",
 			"etc/fstab":    "/dev/vda / ext4 rw,errors=remount-ro 0 1\n",
-			"etc/systemd/system/hangar-baseline-ready.service": baselineUnit,
+		}
+		if units == nil {
+			units = map[string]string{"hangar-baseline-ready.service": baselineUnit}
+		}
+		for name, content := range units {
+			files["etc/systemd/system/"+name] = content
 		}
 		for rel, content := range files {
 			if err := os.WriteFile(filepath.Join(root, rel), []byte(content), 0o644); err != nil {
@@ -173,8 +299,28 @@ func (c *Cache) buildBaseline(ctx context.Context, flavor, id string, pkgs []str
 		if err := os.MkdirAll(wants, 0o755); err != nil {
 			return err
 		}
-		if err := os.Symlink("/etc/systemd/system/hangar-baseline-ready.service", filepath.Join(wants, "hangar-baseline-ready.service")); err != nil {
-			return err
+		for name := range units {
+			if err := os.Symlink("/etc/systemd/system/"+name, filepath.Join(wants, name)); err != nil {
+				return err
+			}
+		}
+		if len(extra) > 0 {
+			// The guest starts no daemons in a build chroot only; at boot
+			// systemd owns that decision.
+			if err := os.Remove(filepath.Join(root, "usr/sbin/policy-rc.d")); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+			pol, err := embedded("chromium/policy.json")
+			if err != nil {
+				return err
+			}
+			pdir := filepath.Join(root, "etc/chromium/policies/managed")
+			if err := os.MkdirAll(pdir, 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(pdir, "hangar.json"), pol, 0o644); err != nil {
+				return err
+			}
 		}
 		// A root password is never needed: the benchmark only reads the
 		// console. The stock kernel and initramfs go beside the image, as

@@ -36,7 +36,7 @@ import (
 // plan is how many samples each benchmark takes.
 type plan struct {
 	boot     map[string]int // kind → cold boots
-	systemd  int            // systemd baseline boots (base flavor)
+	systemd  map[string]int // kind → systemd baseline boots
 	copies   int            // full copies per kind
 	prompts  int            // prompts after the first
 	settle   time.Duration  // idle time before reading a VM's PSS
@@ -49,12 +49,12 @@ type plan struct {
 }
 
 func quickPlan() plan {
-	return plan{boot: map[string]int{"base": 3, "cli": 2, "browser": 1}, systemd: 2, copies: 1, prompts: 3,
+	return plan{boot: map[string]int{"base": 3, "cli": 2, "browser": 1}, systemd: map[string]int{"base": 2, "browser": 1}, copies: 1, prompts: 3,
 		settle: 5 * time.Second, kinds: []string{"base", "cli", "browser"}, quick: true}
 }
 
 func fullPlan() plan {
-	return plan{boot: map[string]int{"base": 10, "cli": 5, "browser": 5}, systemd: 5, copies: 3, prompts: 10,
+	return plan{boot: map[string]int{"base": 10, "cli": 5, "browser": 5}, systemd: map[string]int{"base": 5, "browser": 3}, copies: 3, prompts: 10,
 		settle: 15 * time.Second, kinds: []string{"base", "cli", "browser"}}
 }
 

@@ -64,9 +64,9 @@ func (s *samples) record(r *bench.Result) {
 func (b *suite) boots(ctx context.Context, kinds []string) error {
 	s := newSamples()
 	defer s.record(b.res)
-	rounds := b.p.systemd
+	rounds := 0
 	for _, k := range kinds {
-		rounds = max(rounds, b.p.boot[k])
+		rounds = max(rounds, b.p.boot[k], b.p.systemd[k])
 	}
 	shapes := map[string]api.VM{}
 	for i := 0; i < rounds; i++ {
@@ -80,7 +80,7 @@ func (b *suite) boots(ctx context.Context, kinds []string) error {
 			}
 			bl, ok := b.baselines[k]
 			shape, booted := shapes[k]
-			if ok && booted && i < b.p.systemd {
+			if ok && booted && i < b.p.systemd[k] {
 				if err := b.systemdBoot(ctx, s, k, bl, shape, i); err != nil {
 					say("systemd baseline boot of %s failed: %v", k, err)
 					b.res.NotMeasured = append(b.res.NotMeasured, "systemd baseline boot of "+k+": "+firstLine(err.Error()))
@@ -159,9 +159,9 @@ func (b *suite) hangarBoot(ctx context.Context, s *samples, kind string, i int) 
 // systemdBoot boots kind's systemd baseline once in the shape (vCPUs,
 // memory) hangar gave the same kind.
 func (b *suite) systemdBoot(ctx context.Context, s *samples, kind string, bl image.SystemdBaseline, shape api.VM, i int) error {
-	say("[boot %s %d/%d] systemd baseline: QEMU start → ready unit (%d vCPU, %d MiB, %s)", kind, i+1, b.p.systemd, shape.VCPUs, shape.MemoryMiB, b.accel)
+	say("[boot %s %d/%d] systemd baseline: QEMU start → ready unit (%d vCPU, %d MiB, %s)", kind, i+1, b.p.systemd[kind], shape.VCPUs, shape.MemoryMiB, b.accel)
 	r, err := bench.BootSystemd(ctx, bl, b.accel, shape.VCPUs, shape.MemoryMiB, b.p.settle, func(m string) {
-		say("[boot %s %d/%d] systemd baseline: %s", kind, i+1, b.p.systemd, m)
+		say("[boot %s %d/%d] systemd baseline: %s", kind, i+1, b.p.systemd[kind], m)
 	})
 	if err != nil {
 		return err
@@ -171,7 +171,7 @@ func (b *suite) systemdBoot(ctx context.Context, s *samples, kind string, bl ima
 	s.add(pre+"kernel", kind+":   systemd baseline to first kernel output", "ms", float64(r.FirstOutput.Milliseconds()))
 	s.add(pre+"systemd", kind+":   systemd baseline to systemd banner (kernel + initramfs)", "ms", float64(r.SystemdUp.Milliseconds()))
 	s.add("memory/"+kind+"/systemd/pss", kind+": systemd baseline host memory per idle VM (QEMU PSS)", "MiB", float64(r.PSSKiB)/1024)
-	say("[boot %s %d/%d] systemd baseline ready in %d ms, PSS %.1f MiB", kind, i+1, b.p.systemd, r.Ready.Milliseconds(), float64(r.PSSKiB)/1024)
+	say("[boot %s %d/%d] systemd baseline ready in %d ms, PSS %.1f MiB", kind, i+1, b.p.systemd[kind], r.Ready.Milliseconds(), float64(r.PSSKiB)/1024)
 	return nil
 }
 

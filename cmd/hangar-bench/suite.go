@@ -160,7 +160,8 @@ func (b *suite) hangarBoot(ctx context.Context, s *samples, kind string, i int) 
 // memory) hangar gave the same kind.
 func (b *suite) systemdBoot(ctx context.Context, s *samples, kind string, bl image.SystemdBaseline, shape api.VM, i int) error {
 	say("[boot %s %d/%d] systemd baseline: QEMU start → ready unit (%d vCPU, %d MiB, %s)", kind, i+1, b.p.systemd[kind], shape.VCPUs, shape.MemoryMiB, b.accel)
-	r, err := bench.BootSystemd(ctx, bl, b.accel, shape.VCPUs, shape.MemoryMiB, b.p.settle, func(m string) {
+	console := filepath.Join(bl.Dir, "..", "logs", fmt.Sprintf("boot-%s-%s-%d.log", kind, b.res.StartedAt.Format("20060102T150405"), i+1))
+	r, err := bench.BootSystemd(ctx, bl, b.accel, shape.VCPUs, shape.MemoryMiB, b.p.settle, console, func(m string) {
 		say("[boot %s %d/%d] systemd baseline: %s", kind, i+1, b.p.systemd[kind], m)
 	})
 	if err != nil {

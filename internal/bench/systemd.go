@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -26,9 +27,15 @@ type SystemdBoot struct {
 // model, acceleration, vCPUs and memory as hangar's driver uses, the root
 // disk copy-on-write (snapshot=on: each boot starts from the same pristine
 // image, and the old system's per-VM full copy is measured separately), and
-// the serial console on a pipe read line by line. After the ready line it
-// waits settle, reads QEMU's PSS and kills it.
-func BootSystemd(ctx context.Context, bl image.SystemdBaseline, accel string, vcpus, memMiB int, settle time.Duration, progress func(string)) (SystemdBoot, error) {
+// the serial console on a pipe read line by line (and copied to consoleLog,
+// so a baseline that never gets ready can be diagnosed). After the ready
+// line it waits settle, reads QEMU's PSS and kills it.
+func BootSystemd(ctx context.Context, bl image.SystemdBaseline, accel string, vcpus, memMiB int, settle time.Duration, consoleLog string, progress func(string)) (SystemdBoot, error) {
+	logF, err := os.Create(consoleLog)
+	if err != nil {
+		return SystemdBoot{}, err
+	}
+	defer logF.Close()
 	args := []string{
 		"-name", "hangar-bench-systemd-baseline",
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
@@ -49,7 +56,7 @@ func BootSystemd(ctx context.Context, bl image.SystemdBaseline, accel string, vc
 		"-device", "virtio-rng-pci,rng=rng",
 		"-serial", "stdio",
 	)
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	cctx, cancel := context.WithTimeout(ctx, 8*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, "qemu-system-x86_64", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -74,6 +81,7 @@ func BootSystemd(ctx context.Context, bl image.SystemdBaseline, accel string, vc
 	for sc.Scan() {
 		l := sc.Text()
 		el := time.Since(t0)
+		fmt.Fprintf(logF, "%9.3f %s\n", el.Seconds(), l)
 		tail = append(tail, l)
 		if len(tail) > 20 {
 			tail = tail[1:]
@@ -93,12 +101,13 @@ func BootSystemd(ctx context.Context, bl image.SystemdBaseline, accel string, vc
 		}
 	}
 	if b.Ready == 0 {
-		return b, fmt.Errorf("systemd baseline never signalled readiness (qemu: %s); last console lines:\n%s",
-			strings.TrimSpace(stderr.String()), strings.Join(tail, "\n"))
+		return b, fmt.Errorf("systemd baseline never signalled readiness (qemu: %s; console in %s); last console lines:\n%s",
+			strings.TrimSpace(stderr.String()), consoleLog, strings.Join(tail, "\n"))
 	}
 	// Keep draining the console so the guest never blocks on a full pipe.
 	go func() {
 		for sc.Scan() {
+			fmt.Fprintf(logF, "%9.3f %s\n", time.Since(t0).Seconds(), sc.Text())
 		}
 	}()
 	select {

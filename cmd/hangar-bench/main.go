@@ -168,6 +168,8 @@ func run(ctx context.Context, p plan, dataDir, outDir, version string) error {
 	res.NotMeasured = append(res.NotMeasured,
 		"systemd baseline of the cli flavor: not built (its boot starts nothing the base flavor's does not; Node.js and the npm CLIs are only files)",
 		"snapshot restore and warm pool: "+snapshotHook(),
+		"login through the browser VM's DevTools (live view ready → credentials captured): not built yet; the run logs in once in paste mode",
+		"density (M idle base VMs at once), API requests per second and latency on SQLite and Postgres, image build times per stage: not built yet",
 	)
 
 	// A fresh data dir on the real one's file system, sharing its images.

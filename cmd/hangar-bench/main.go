@@ -367,7 +367,10 @@ func startDaemon(ctx context.Context, dataDir string) (*harness, error) {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	dctx, cancel := context.WithCancel(ctx)
+	// Not derived from ctx: after an interrupt the daemon must still be
+	// serving while stop deletes the run's VMs (they outlive a daemon by
+	// design, and nothing else would reap them).
+	dctx, cancel := context.WithCancel(context.Background())
 	d, err := daemon.New(dctx, cfg, log)
 	if err != nil {
 		cancel()

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/bench"
@@ -44,12 +47,12 @@ func newSamples() *samples {
 	return &samples{labels: map[string][2]string{}, vals: map[string][]float64{}}
 }
 
-func (s *samples) add(id, label, unit string, v float64) {
+func (s *samples) add(id, label, unit string, v ...float64) {
 	if _, ok := s.labels[id]; !ok {
 		s.order = append(s.order, id)
 		s.labels[id] = [2]string{label, unit}
 	}
-	s.vals[id] = append(s.vals[id], v)
+	s.vals[id] = append(s.vals[id], v...)
 }
 
 func (s *samples) record(r *bench.Result) {
@@ -410,6 +413,8 @@ func (b *suite) compare() {
 	for _, k := range []string{"base", "cli", "browser"} {
 		r.Compare(k+": disk per create, overlay vs full copy", "create/"+k+"/hangar/bytes", "create/"+k+"/copy/bytes", 0.01, "≤ 1/100")
 	}
+	r.AddLimit("GET /api/v1/vms at 1,000/s on SQLite: p99 latency", "api/vms/latency", "p99", 2)
+	r.AddLimit("GET /api/v1/vms at 1,000/s on SQLite: errors", "api/vms/errors", "max", 0)
 }
 
 func tail(s string, n int) string {
@@ -418,4 +423,80 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// api runs the fixed-rate API load for GET /api/v1/vms and /api/v1/me.
+func (b *suite) api(ctx context.Context) error {
+	s := newSamples()
+	defer s.record(b.res)
+	for _, e := range []struct{ name, path string }{{"vms", "/api/v1/vms"}, {"me", "/api/v1/me"}} {
+		if err := b.apiLoad(ctx, s, e.name, e.path, b.p.apiRate, b.p.apiFor); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apiLoad offers authenticated GETs of path at a fixed rate for dur (an
+// open loop: request i is due at start + i/rate, and its latency counts
+// from when it was due, so a server that stalls is charged for the
+// requests queued behind the stall instead of the generator slowing
+// down). At most 256 requests are in flight; errors and non-200 answers
+// are counted. The load generator runs in the daemon's process and shares
+// its cores, as it would on a 2-core host.
+func (b *suite) apiLoad(ctx context.Context, s *samples, name, path string, rate int, dur time.Duration) error {
+	n := int(float64(rate) * dur.Seconds())
+	say("[api %s] GET %s at %d requests/s for %s (%d requests, admin API key)", name, path, rate, dur, n)
+	lat := make([]float64, n)
+	var errs atomic.Int64
+	sem := make(chan struct{}, 256)
+	tr := &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	key := b.h.adminKey
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		}
+		wg.Add(1)
+		go func(i int, due time.Time) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.h.url+path, nil)
+			if err == nil {
+				req.Header.Set("Authorization", "Bearer "+key)
+				var resp *http.Response
+				if resp, err = hc.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+			}
+			if err != nil {
+				errs.Add(1)
+			}
+			lat[i] = math.Round(float64(time.Since(due).Microseconds())) / 1000
+		}(i, due)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	achieved := float64(n) / el.Seconds()
+	id := "api/" + name + "/"
+	s.add(id+"latency", fmt.Sprintf("API GET %s at %d/s offered (SQLite): latency from due time", path, rate), "ms", lat...)
+	s.add(id+"rps", fmt.Sprintf("API GET %s at %d/s offered (SQLite): achieved", path, rate), "req/s", math.Round(achieved))
+	s.add(id+"errors", fmt.Sprintf("API GET %s at %d/s offered (SQLite): errors", path, rate), "count", float64(errs.Load()))
+	sum := bench.Summarize(lat)
+	say("[api %s] achieved %.0f/s, p50 %.2f ms, p99 %.2f ms, max %.1f ms, %d errors", name, achieved, sum.P50, sum.P99, sum.Max, errs.Load())
+	return nil
 }

@@ -19,10 +19,10 @@ func Markdown(r *Result) string {
 	fmt.Fprintf(&b, "hangar bench %s on %s (%d CPUs, %d MiB), %s acceleration%s, hangar %s\n\n",
 		r.StartedAt.UTC().Format("2006-01-02 15:04 UTC"), r.Host.Name, r.Host.CPUs, r.Host.MemMiB,
 		strings.ToUpper(r.Host.Accel), map[bool]string{true: ", QUICK set", false: ""}[r.Quick], r.Host.Version)
-	b.WriteString("| measure | unit | N | p50 | p90 | max |\n|---|---|---:|---:|---:|---:|\n")
+	b.WriteString("| measure | unit | N | p50 | p90 | p99 | max |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, m := range r.Measures {
 		s := m.Summary
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", m.Label, m.Unit, s.N, num(s.P50), num(s.P90), num(s.Max))
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s |\n", m.Label, m.Unit, s.N, num(s.P50), num(s.P90), num(s.P99), num(s.Max))
 	}
 	if len(r.Comparisons) > 0 {
 		b.WriteString("\n| hangar vs baseline (same run) | hangar p50 | baseline p50 | ratio | goal | met |\n|---|---:|---:|---:|---|---|\n")
@@ -35,6 +35,14 @@ func Markdown(r *Result) string {
 			}
 			fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s | %s |\n", c.Label,
 				num(h.Summary.P50), h.Unit, num(bl.Summary.P50), bl.Unit, ratio(c.Ratio), orDash(c.Goal), met)
+		}
+	}
+	if len(r.Limits) > 0 {
+		b.WriteString("\n| goal (absolute) | value | limit | met |\n|---|---:|---:|---|\n")
+		for _, l := range r.Limits {
+			m, _ := r.Measure(l.Measure)
+			met := map[bool]string{true: "yes", false: "**NO**"}[l.Met]
+			fmt.Fprintf(&b, "| %s | %s %s %s | ≤ %s %s | %s |\n", l.Label, l.Stat, num(l.Value), m.Unit, num(l.Max), m.Unit, met)
 		}
 	}
 	if len(r.NotMeasured) > 0 {

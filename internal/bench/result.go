@@ -33,6 +33,9 @@ type Result struct {
 	Measures []Measure `json:"measures"`
 	// Comparisons pair a hangar measure with its baseline measure.
 	Comparisons []Comparison `json:"comparisons"`
+	// Limits are goals stated as absolute bounds on a measure of this run
+	// (latency under load), where no baseline applies.
+	Limits []Limit `json:"limits,omitempty"`
 	// NotMeasured names what the suite knows about but did not measure in
 	// this run, and why (a missing feature, a skipped stage, a failure).
 	NotMeasured []string `json:"not_measured,omitempty"`
@@ -67,6 +70,7 @@ type Summary struct {
 	N   int     `json:"n"`
 	P50 float64 `json:"p50"`
 	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
 	Max float64 `json:"max"`
 }
 
@@ -83,6 +87,27 @@ type Comparison struct {
 	Met       *bool   `json:"met,omitempty"`
 }
 
+// Limit is a goal on one statistic of one measure: Stat ("p50", "p99",
+// "max") must be at most Max.
+type Limit struct {
+	Label   string  `json:"label"`
+	Measure string  `json:"measure"`
+	Stat    string  `json:"stat"`
+	Max     float64 `json:"max"`
+	Value   float64 `json:"value"`
+	Met     bool    `json:"met"`
+}
+
+// AddLimit records whether a measure's statistic stays within max.
+func (r *Result) AddLimit(label, id, stat string, limit float64) {
+	m, ok := r.Measure(id)
+	if !ok || m.Summary.N == 0 {
+		return
+	}
+	v := map[string]float64{"p50": m.Summary.P50, "p90": m.Summary.P90, "p99": m.Summary.P99, "max": m.Summary.Max}[stat]
+	r.Limits = append(r.Limits, Limit{Label: label, Measure: id, Stat: stat, Max: limit, Value: v, Met: v <= limit})
+}
+
 // Summarize computes p50, p90 and max by nearest rank (no interpolation:
 // with the small N of a benchmark every reported figure is a real sample).
 func Summarize(samples []float64) Summary {
@@ -95,7 +120,7 @@ func Summarize(samples []float64) Summary {
 		i := int(math.Ceil(p*float64(len(s)))) - 1
 		return s[max(0, min(i, len(s)-1))]
 	}
-	return Summary{N: len(s), P50: rank(0.5), P90: rank(0.9), Max: s[len(s)-1]}
+	return Summary{N: len(s), P50: rank(0.5), P90: rank(0.9), P99: rank(0.99), Max: s[len(s)-1]}
 }
 
 // Add records a measure (summarizing it) and returns it.
@@ -167,6 +192,11 @@ func (r *Result) Validate() error {
 	for _, c := range r.Comparisons {
 		if !seen[c.Hangar] || !seen[c.Baseline] {
 			return fmt.Errorf("comparison %q refers to a measure not in the result", c.Label)
+		}
+	}
+	for _, l := range r.Limits {
+		if !seen[l.Measure] {
+			return fmt.Errorf("limit %q refers to a measure not in the result", l.Label)
 		}
 	}
 	return nil

@@ -17,10 +17,10 @@ func sampleResult(accel string) *Result {
 
 func TestSummarizeNearestRank(t *testing.T) {
 	got := Summarize([]float64{5, 1, 4, 2, 3, 10, 9, 8, 7, 6})
-	if got != (Summary{N: 10, P50: 5, P90: 9, Max: 10}) {
+	if got != (Summary{N: 10, P50: 5, P90: 9, P99: 10, Max: 10}) {
 		t.Fatalf("summary %+v", got)
 	}
-	if got := Summarize([]float64{7}); got != (Summary{N: 1, P50: 7, P90: 7, Max: 7}) {
+	if got := Summarize([]float64{7}); got != (Summary{N: 1, P50: 7, P90: 7, P99: 7, Max: 7}) {
 		t.Fatalf("one sample: %+v", got)
 	}
 	if got := Summarize(nil); got.N != 0 {
@@ -49,7 +49,9 @@ func TestResultSchemaRoundTrip(t *testing.T) {
 	if len(back.Measures) != 2 || back.Measures[0].Summary.P50 != 200 || back.Host.Accel != "tcg" {
 		t.Fatalf("read back %+v", back)
 	}
-	if md := Markdown(back); !strings.Contains(md, "TCG") || !strings.Contains(md, "| boot | 200 ms | 1000 ms | 0.200 | ≤ 1/5 | yes |") {
+	back.AddLimit("p99 latency", "boot/base/hangar/total", "p99", 250)
+	if md := Markdown(back); !strings.Contains(md, "TCG") || !strings.Contains(md, "| boot | 200 ms | 1000 ms | 0.200 | ≤ 1/5 | yes |") ||
+		!strings.Contains(md, "| p99 latency | p99 300 ms | ≤ 250 ms | **NO** |") {
 		t.Fatalf("markdown:\n%s", md)
 	}
 }
@@ -63,6 +65,7 @@ func TestValidateRejects(t *testing.T) {
 		"dangling":        func(r *Result) { r.Comparisons = []Comparison{{Hangar: "nope", Baseline: "boot/base/systemd/ready"}} },
 		"finish < start":  func(r *Result) { r.FinishedAt = r.StartedAt.Add(-time.Second) },
 		"measure no unit": func(r *Result) { r.Measures[1].Unit = "" },
+		"dangling limit":  func(r *Result) { r.Limits = []Limit{{Measure: "nope"}} },
 	} {
 		r := sampleResult("kvm")
 		mutate(r)

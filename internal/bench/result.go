@@ -218,7 +218,10 @@ func WriteJSON(path string, r *Result) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
-	data, err := json.MarshalIndent(r, "", "  ")
+	// Compact: a run holds thousands of latency samples, and one per line
+	// would make a result file several times larger for no reader's gain
+	// (the Markdown beside it is the readable form).
+	data, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}

@@ -70,8 +70,12 @@ images: build
 vet:
 	@$(STAGE) vet $(GO) vet ./...
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+## bench: measure hangar against baselines built and booted in the same run
+## (not part of make test). QUICK=1 runs the reduced set in a few minutes.
+## Writes bench/results/<date>-<host>[-quick].{json,md} and PNG charts.
+bench: build images
+	@$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/hangar-bench ./cmd/hangar-bench
+	bin/hangar-bench --data-dir $(DATA_DIR) --version $(VERSION) --out bench/results $(if $(filter-out 0,$(QUICK)),--quick,--quick=false)
 
 # Fuzz targets of what a guest or a browser feeds the host. `go test` runs
 # their seed corpora; this runs each for FUZZTIME (go test -fuzz takes one

@@ -99,6 +99,9 @@ type Manager struct {
 	// reconcileMu serialises reconciliation passes.
 	reconcileMu sync.Mutex
 
+	// hib serialises hibernate and resume per VM (hibernate.go).
+	hib hibernator
+
 	wg sync.WaitGroup // boot and watch goroutines
 	// closing ends the watchers when the daemon lets go of its VMs.
 	closing chan struct{}
@@ -135,6 +138,8 @@ type runtimeDoc struct {
 	// SlotID is the network slot the hypervisor runs in, so a restarted
 	// daemon can adopt it and reconciliation keeps it.
 	SlotID string `json:"slot_id,omitempty"`
+	// Hibernation is set while the VM is hibernated.
+	Hibernation *hibernationDoc `json:"hibernation,omitempty"`
 }
 
 // specDoc is the VM's requested shape.
@@ -748,6 +753,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return err
 	}
 	for _, v := range vs {
+		if v.State == api.VMHibernating || v.State == api.VMResuming {
+			v = m.settleSnapshotState(ctx, v)
+		}
 		switch v.State {
 		case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping:
 		default:

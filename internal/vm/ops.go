@@ -45,6 +45,9 @@ func (m *Manager) toAPI(v store.VM) api.VM {
 		ImageID: rt.ImageID, KernelVersion: rt.KernelRelease, BootPhases: rt.Phases,
 		CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt,
 	}
+	if h := rt.Hibernation; h != nil && v.State == api.VMHibernated {
+		out.Hibernation = &api.Hibernation{SnapshotBytes: h.SizeBytes, HibernatedAt: h.At, DurationMS: h.FrozenMS}
+	}
 	return out
 }
 
@@ -119,6 +122,9 @@ func (m *Manager) addProviders(ctx context.Context, owner string, vms []*api.VM)
 // readyClient returns the agent link of a ready VM or says why there is
 // none.
 func (m *Manager) readyClient(ctx context.Context, caller store.User, id string) (*agentlink.Client, error) {
+	if err := m.resumeIfHibernated(ctx, caller, id); err != nil {
+		return nil, err
+	}
 	v, err := m.get(ctx, caller, id)
 	if err != nil {
 		return nil, err
@@ -338,6 +344,8 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 	case api.VMDestroyed:
 		return api.VM{}, errs.E(errs.NotFound, "vm %s not found", id)
 	case api.VMCreating, api.VMBooting, api.VMReady, api.VMFailed:
+	case api.VMHibernated:
+		m.discardHibernation(ctx, id)
 	default:
 		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
 	}
@@ -491,6 +499,9 @@ func (m *Manager) Link(ctx context.Context, caller store.User, id string) (*agen
 // WaitReady waits until the VM is ready, failing early when it fails or is
 // destroyed.
 func (m *Manager) WaitReady(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	if err := m.resumeIfHibernated(ctx, caller, id); err != nil {
+		return api.VM{}, err
+	}
 	for {
 		v, err := m.get(ctx, caller, id)
 		if err != nil {

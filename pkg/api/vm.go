@@ -26,6 +26,16 @@ const (
 	VMDestroyed = "destroyed"
 )
 
+// Hibernation states of cli and base VMs: ready → hibernating →
+// hibernated (memory and device state on disk, no hypervisor process) →
+// resuming → ready. A failed hibernation leaves the VM ready; a failed
+// resume leaves it failed with its disk kept.
+const (
+	VMHibernating = "hibernating"
+	VMHibernated  = "hibernated"
+	VMResuming    = "resuming"
+)
+
 // CreateVMRequest is the body of POST /api/v1/vms.
 type CreateVMRequest struct {
 	Kind      string `json:"kind"`
@@ -78,6 +88,9 @@ type VM struct {
 	Providers []string  `json:"providers,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+
+	// Hibernation describes the snapshot a hibernated VM resumes from.
+	Hibernation *Hibernation `json:"hibernation,omitempty"`
 }
 
 // ExecRequest is the body of POST /api/v1/vms/{id}/exec.
@@ -105,4 +118,14 @@ type ExecFrame struct {
 	Data     string `json:"data,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Error    string `json:"error,omitempty"`
+}
+
+// Hibernation is the on-disk snapshot of a hibernated VM.
+type Hibernation struct {
+	// SnapshotBytes is the size of the memory and device state on disk.
+	SnapshotBytes int64     `json:"snapshot_bytes"`
+	HibernatedAt  time.Time `json:"hibernated_at"`
+	// DurationMS is how long the VM was frozen while its state was
+	// written.
+	DurationMS int64 `json:"duration_ms"`
 }

@@ -28,6 +28,9 @@ package vm
 //   - The agent token is the VM's own (it lives in guest memory since boot
 //     and the host kept it in the record); hibernation does not change who
 //     the VM is, unlike a clone from a template, which must be re-keyed.
+//   - The guest syncs its file systems before the snapshot: its dirty page
+//     cache is guest memory, and a lost snapshot must not take files with
+//     it.
 //   - A failed snapshot (disk full, a hypervisor error) leaves the VM
 //     running: the vCPUs are continued and the credentials delivered
 //     again, and the caller learns why.
@@ -187,6 +190,17 @@ func (m *Manager) hibernate(ctx context.Context, v store.VM) (api.VM, error) {
 	m.stopping(id)
 	if _, err := m.setState(ctx, id, api.VMHibernating, ""); err != nil {
 		return api.VM{}, err
+	}
+	// The guest's dirty page cache lives in its memory: flush it to the
+	// upper disk first, so that a snapshot lost later (corrupt, deleted)
+	// costs the running processes but never a file written before.
+	if link := in.client(); link != nil {
+		fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+		code, err := link.Exec(fctx, proto.ExecRequest{Argv: []string{"sync"}}, nil, io.Discard, io.Discard)
+		fcancel()
+		if err != nil || code != 0 {
+			log.Warn("guest sync before hibernation failed; unsynced writes live only in the snapshot", "exit_code", code, "err", err)
+		}
 	}
 	dir := m.hibernationDir(id)
 	_ = os.RemoveAll(dir)

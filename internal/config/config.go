@@ -55,6 +55,12 @@ type Config struct {
 	LogRetention Duration `json:"log_retention"`
 	// LoginHeartbeatTimeout ends a login session nobody watches.
 	LoginHeartbeatTimeout Duration `json:"login_heartbeat_timeout"`
+	// IdleHibernate hibernates a ready cli or base workspace VM after this
+	// long without exec, files, prompt or logs; 0 never does.
+	IdleHibernate Duration `json:"idle_hibernate"`
+	// IdleDestroy destroys a VM hibernated or stopped for this long, and a
+	// browser VM outside a login unused for this long; 0 never does.
+	IdleDestroy Duration `json:"idle_destroy"`
 	// BuildImages makes the daemon build missing guest images in the
 	// background at start.
 	BuildImages bool `json:"build_images"`
@@ -161,6 +167,8 @@ func Default() Config {
 		DevAccessTokenTTL:      Duration(time.Hour),
 		LogRetention:           Duration(7 * 24 * time.Hour),
 		LoginHeartbeatTimeout:  Duration(5 * time.Minute),
+		IdleHibernate:          Duration(15 * time.Minute),
+		IdleDestroy:            Duration(7 * 24 * time.Hour),
 		BuildImages:            true,
 
 		VMShutdownPolicy:  "leave",
@@ -265,6 +273,16 @@ var envVars = []struct {
 	{"HANGAR_LOGIN_HEARTBEAT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.LoginHeartbeatTimeout = Duration(d)
+		return err
+	}},
+	{"HANGAR_IDLE_HIBERNATE", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.IdleHibernate = Duration(d)
+		return err
+	}},
+	{"HANGAR_IDLE_DESTROY", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.IdleDestroy = Duration(d)
 		return err
 	}},
 	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
@@ -382,6 +400,9 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
+	}
+	if c.IdleHibernate < 0 || c.IdleDestroy < 0 {
+		errs = append(errs, errors.New("idle_hibernate and idle_destroy must not be negative (0 turns them off)"))
 	}
 	if c.LogRetention <= 0 {
 		errs = append(errs, errors.New("log_retention must be positive"))

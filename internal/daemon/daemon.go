@@ -124,6 +124,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	d.vms.Register(d.api.Registry())
 	d.api.MountVMs(d.vms)
 	d.api.MountHibernation(d.vms)
+	d.setupIdle()
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}
@@ -222,6 +223,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { defer d.bg.Done(); d.periodic(bgctx) }()
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.reconcileLoop(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.idleLoop(bgctx) }()
 	if d.cfg.BuildImages {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()

@@ -86,6 +86,10 @@ type hibernator struct {
 
 	once sync.Once
 	mt   *hibernateMetrics
+
+	actMu                      sync.Mutex // guards acts and the idle limits
+	acts                       activity
+	idleHibernate, idleDestroy time.Duration
 }
 
 type hibernateMetrics struct {
@@ -327,8 +331,10 @@ func (m *Manager) Resume(ctx context.Context, caller store.User, id string) (api
 
 // resumeIfHibernated resumes the VM first when a call that needs it
 // (exec, files, prompt, port forward) finds it hibernated, or waits for a
-// hibernation or resume in progress to end.
+// hibernation or resume in progress to end. Every such call counts as use
+// for the idle lifecycle.
 func (m *Manager) resumeIfHibernated(ctx context.Context, caller store.User, id string) error {
+	m.hib.touch(id)
 	v, err := m.get(ctx, caller, id)
 	if err != nil {
 		return nil // the caller reports it

@@ -163,6 +163,7 @@ func serviceError(s proto.ServiceStatus) string {
 
 // Exec runs a command in the VM.
 func (m *Manager) Exec(ctx context.Context, caller store.User, id string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+	defer m.hib.begin(id)()
 	c, err := m.readyClient(ctx, caller, id)
 	if err != nil {
 		return 0, err
@@ -236,6 +237,7 @@ func (m *Manager) Logs(ctx context.Context, caller store.User, id, service strin
 	if err != nil {
 		return err
 	}
+	defer m.hib.begin(id)()
 	if service == "" || service == "console" {
 		return m.consoleLog(ctx, v.ID, follow, w)
 	}

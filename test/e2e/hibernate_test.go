@@ -8,9 +8,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hangar-vm/hangar/internal/config"
+	"github.com/hangar-vm/hangar/internal/vm"
 	"github.com/hangar-vm/hangar/pkg/api"
 	"github.com/hangar-vm/hangar/pkg/client"
 )
@@ -171,6 +174,113 @@ func truncateLargest(t *testing.T, dir string) {
 		}
 	}
 	if err := os.Truncate(big, size/2); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestIdleHibernateAndDestroy: with short idle limits, an unused base VM
+// hibernates by itself through the durable queue, an exec wakes it with its
+// process still running, and once it has slept for idle_destroy it is
+// destroyed (its owner told first).
+func TestIdleHibernateAndDestroy(t *testing.T) {
+	requireVMs(t, "base")
+	h := startDaemon(t, func(c *config.Config) {
+		c.IdleHibernate = config.Duration(4 * time.Second)
+		c.IdleDestroy = config.Duration(25 * time.Second)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	vm := h.createReady(h.admin, api.KindBase, 3*time.Minute)
+	out := h.exec(h.admin, vm.ID, "sh", "-c", "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
+	pid := strings.TrimSpace(out.Stdout)
+	// A long exec keeps the VM awake past the idle limit.
+	began := time.Now()
+	if out := h.exec(h.admin, vm.ID, "sleep", "7"); out.ExitCode != 0 {
+		t.Fatalf("sleep: %+v", out)
+	}
+	if v, err := h.admin.GetVM(ctx, vm.ID); err != nil || v.State != api.VMReady {
+		t.Fatalf("vm hibernated during a %v exec: %+v, %v", time.Since(began), v.State, err)
+	}
+	waitState := func(state string, within time.Duration) api.VM {
+		t.Helper()
+		var v api.VM
+		err := eventually(within, func() bool {
+			var err error
+			v, err = h.admin.GetVM(ctx, vm.ID)
+			return err == nil && v.State == state || isStatus(err, 404) && state == api.VMDestroyed
+		})
+		if err != nil {
+			t.Fatalf("vm not %s within %v: %s %s", state, within, v.State, v.LastError)
+		}
+		return v
+	}
+	idleFrom := time.Now()
+	waitState(api.VMHibernated, 30*time.Second)
+	t.Logf("idle vm hibernated %v after its last use (idle_hibernate 4s)", time.Since(idleFrom).Round(100*time.Millisecond))
+	if ps := qemuProcsFor(vm.ID); len(ps) != 0 {
+		t.Fatalf("hypervisor still runs: %v", ps)
+	}
+	if out := h.exec(h.admin, vm.ID, "kill", "-0", pid); out.ExitCode != 0 {
+		t.Fatalf("process gone after the idle hibernation: %+v", out)
+	}
+	slept := waitState(api.VMHibernated, 30*time.Second)
+	waitState(api.VMDestroyed, 60*time.Second)
+	t.Logf("hibernated vm destroyed %v after it hibernated (idle_destroy 25s)", time.Since(slept.UpdatedAt).Round(time.Second))
+	if !strings.Contains(h.logs.String(), "vm idle too long; destroying it") {
+		t.Fatal("no idle-destroy decision in the daemon log")
+	}
+	if ps := qemuProcsFor(vm.ID); len(ps) != 0 {
+		t.Fatalf("hypervisor left: %v", ps)
+	}
+}
+
+// TestHibernatedSurvivesKill: kill -9 of the daemon while a VM is
+// hibernated leaves no process and loses nothing: after a restart the VM
+// is still hibernated and resumes on exec with its process and file.
+func TestHibernatedSurvivesKill(t *testing.T) {
+	requireVMs(t, "base")
+	dataDir := newCrashDataDir(t)
+	cleanupVMs(t, dataDir)
+	p := startServeProc(t, dataDir)
+	c := adminClient(t, dataDir, p.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	v, err := c.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindBase})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitVM(ctx, v.ID, api.VMReady); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Exec(ctx, v.ID, api.ExecRequest{Argv: []string{"sh", "-c", "echo kept > /var/tmp/kept && setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!"}})
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("exec: %+v %v", res, err)
+	}
+	pid := strings.TrimSpace(res.Stdout)
+	if _, err := c.HibernateVM(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	p.Stop(t, syscall.SIGKILL, 30*time.Second)
+	if procs, _ := vm.ScanHypervisors(dataDir); len(procs) != 0 {
+		t.Fatalf("hypervisors of a hibernated vm: %+v", procs)
+	}
+
+	p = startServeProc(t, dataDir)
+	c = adminClient(t, dataDir, p.URL)
+	got, err := c.GetVM(ctx, v.ID)
+	if err != nil || got.State != api.VMHibernated || got.Hibernation == nil {
+		t.Fatalf("after restart: %+v, %v", got, err)
+	}
+	res, err = c.Exec(ctx, v.ID, api.ExecRequest{Argv: []string{"sh", "-c", "kill -0 " + pid + " && cat /var/tmp/kept"}})
+	if err != nil || res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "kept" {
+		t.Fatalf("after restart and resume: %+v, %v", res, err)
+	}
+	vms, err := c.ListVMs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNoOrphans(t, dataDir, vms)
+	if err := c.DeleteVM(ctx, v.ID); err != nil {
 		t.Fatal(err)
 	}
 }

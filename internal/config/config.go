@@ -49,6 +49,9 @@ type Config struct {
 	MaxVMsPerUser int `json:"max_vms_per_user"`
 	// MaxBrowserVMs caps running browser VMs on this host.
 	MaxBrowserVMs int `json:"max_browser_vms"`
+	// BrowserPoolSize is how many browser VMs, cloned from a template,
+	// are kept ready for logins (counted within MaxBrowserVMs).
+	BrowserPoolSize int `json:"browser_pool_size"`
 	// BootTimeout bounds a VM's boot, from spawn to ready.
 	BootTimeout Duration `json:"boot_timeout"`
 	// LogRetention is how long the console logs of destroyed VMs are kept.
@@ -159,6 +162,7 @@ func Default() Config {
 		Accel:                  "auto",
 		MaxVMsPerUser:          180,
 		MaxBrowserVMs:          2,
+		BrowserPoolSize:        1,
 		BootTimeout:            Duration(3 * time.Minute),
 		PromptTimeout:          Duration(10 * time.Minute),
 		CredentialLeaseTTL:     Duration(2 * time.Minute),
@@ -263,6 +267,11 @@ var envVars = []struct {
 	{"HANGAR_MAX_BROWSER_VMS", func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
 		c.MaxBrowserVMs = n
+		return err
+	}},
+	{"HANGAR_BROWSER_POOL_SIZE", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.BrowserPoolSize = n
 		return err
 	}},
 	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
@@ -400,6 +409,9 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
+	}
+	if c.BrowserPoolSize < 0 || c.BrowserPoolSize > c.MaxBrowserVMs {
+		errs = append(errs, fmt.Errorf("browser_pool_size %d: want 0 to max_browser_vms (%d)", c.BrowserPoolSize, c.MaxBrowserVMs))
 	}
 	if c.IdleHibernate < 0 || c.IdleDestroy < 0 {
 		errs = append(errs, errors.New("idle_hibernate and idle_destroy must not be negative (0 turns them off)"))

@@ -225,6 +225,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { defer d.bg.Done(); d.reconcileLoop(bgctx) }()
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.idleLoop(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.vms.RunPool(bgctx) }()
 	if d.cfg.BuildImages {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()

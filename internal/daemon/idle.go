@@ -12,6 +12,7 @@ import (
 // that hibernates an idle VM (vm.destroy is registered with the logins).
 func (d *Daemon) setupIdle() {
 	d.vms.SetIdle(time.Duration(d.cfg.IdleHibernate), time.Duration(d.cfg.IdleDestroy))
+	d.vms.SetPool(d.cfg.BrowserPoolSize)
 	d.runner.Register(vm.HibernateTaskKind, func(ctx context.Context, t store.Task) error {
 		return d.vms.RunHibernateTask(ctx, t.Payload)
 	})

@@ -101,6 +101,10 @@ type Manager struct {
 
 	// hib serialises hibernate and resume per VM (hibernate.go).
 	hib hibernator
+	// tmpl serialises template builds (template.go); pool keeps warm
+	// browser clones (pool.go).
+	tmpl templates
+	pool warmPool
 
 	wg sync.WaitGroup // boot and watch goroutines
 	// closing ends the watchers when the daemon lets go of its VMs.
@@ -301,6 +305,11 @@ func (m *Manager) CreateFor(ctx context.Context, caller store.User, req api.Crea
 	}
 	if mine >= m.cfg.MaxVMsPerUser {
 		return api.VM{}, errs.E(errs.Quota, "you have %d VMs, the limit per user; delete one first", mine)
+	}
+	if purpose == api.PurposeLogin && req.Kind == api.KindBrowser {
+		if v, ok := m.takeWarm(ctx, caller); ok {
+			return v, nil
+		}
 	}
 	if req.Kind == api.KindBrowser && browsers >= m.cfg.MaxBrowserVMs {
 		return api.VM{}, errs.E(errs.Quota, "this host already runs %d browser VMs, its limit; try again when one ends", browsers)

@@ -89,7 +89,7 @@ func (m *Manager) List(ctx context.Context, caller store.User) ([]api.VM, error)
 	}
 	out := make([]api.VM, 0, len(vs))
 	for _, v := range vs {
-		if v.State == api.VMDestroyed {
+		if v.State == api.VMDestroyed || hidden(v) {
 			continue
 		}
 		out = append(out, m.toAPI(v))

@@ -410,8 +410,11 @@ func (c *Config) Validate() error {
 	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
 	}
-	if c.BrowserPoolSize < 0 || c.BrowserPoolSize > c.MaxBrowserVMs {
-		errs = append(errs, fmt.Errorf("browser_pool_size %d: want 0 to max_browser_vms (%d)", c.BrowserPoolSize, c.MaxBrowserVMs))
+	// A pool larger than max_browser_vms is not an error: the pool never
+	// holds more browser VMs than the limit allows (max_browser_vms 0
+	// turns it off without touching browser_pool_size).
+	if c.BrowserPoolSize < 0 {
+		errs = append(errs, errors.New("browser_pool_size must not be negative"))
 	}
 	if c.IdleHibernate < 0 || c.IdleDestroy < 0 {
 		errs = append(errs, errors.New("idle_hibernate and idle_destroy must not be negative (0 turns them off)"))

@@ -235,5 +235,7 @@ func (m *Manager) takeWarm(ctx context.Context, caller store.User) (api.VM, bool
 // registerPool adds the pool's metrics to reg.
 func (m *Manager) registerPool(reg prometheus.Registerer) {
 	m.pool.init()
-	reg.MustRegister(m.pool.hits, m.pool.misses)
+	reg.MustRegister(m.pool.hits, m.pool.misses, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hangar_browser_pool_ready", Help: "Warm browser VMs waiting for a login.",
+	}, func() float64 { return float64(m.PoolReady()) }))
 }

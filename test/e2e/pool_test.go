@@ -20,9 +20,7 @@ import (
 // TestWarmPoolClones: the daemon builds a browser template and fills a
 // warm pool of two clones. The clones are never listed, each has its own
 // agent token (not the template's), its own hostname, reads different
-// bytes from /dev/urandom, and has the host's clock; a login takes a clone,
-// reaches awaiting_user with a live view that answers, says in its timings
-// that its VM came from the pool, and the pool refills.
+// bytes from /dev/urandom, and has the host's clock.
 func TestWarmPoolClones(t *testing.T) {
 	requireVMs(t, "browser")
 	h := startDaemon(t, func(c *config.Config) {
@@ -102,10 +100,6 @@ func TestWarmPoolClones(t *testing.T) {
 			t.Errorf("clone %s read %q from /dev/urandom: same as its sibling", id, lines[1])
 		}
 		randoms[lines[1]] = true
-		ps := h.exec(h.admin, id, "sh", "-c", "ps -eo pid,stat,etime,comm | grep -iv ' ps\\| sh\\|grep' | tail -25")
-		t.Logf("clone %s processes:\n%s", id, ps.Stdout)
-		pt := time.Now()
-		t.Logf("clone %s chromium page title %q (devtools answered in %v)", id, pageTitle(ctx, h, id), time.Since(pt).Round(time.Millisecond))
 		guest, _ := strconv.ParseFloat(lines[2], 64)
 		if d := host - guest; d > 1 || d < -1 {
 			t.Errorf("clone %s clock off by %.2fs", id, d)

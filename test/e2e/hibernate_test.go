@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"io"
+	"net/http"
 	"strconv"
 	"strings"
 	"syscall"
@@ -235,13 +237,16 @@ func TestIdleHibernateAndDestroy(t *testing.T) {
 }
 
 // TestHibernatedSurvivesKill: kill -9 of the daemon while a VM is
-// hibernated leaves no process and loses nothing: after a restart the VM
-// is still hibernated and resumes on exec with its process and file.
+// hibernated and the warm browser pool is full leaves no stray process and
+// loses nothing: after a restart the VM is still hibernated and resumes on
+// exec with its process and file, and the same pool VM (same hypervisor
+// process) is adopted without a new template or clone.
 func TestHibernatedSurvivesKill(t *testing.T) {
-	requireVMs(t, "base")
+	requireVMs(t, "base", "browser")
 	dataDir := newCrashDataDir(t)
 	cleanupVMs(t, dataDir)
-	p := startServeProc(t, dataDir)
+	pool := "HANGAR_BROWSER_POOL_SIZE=1"
+	p := startServeProc(t, dataDir, pool)
 	c := adminClient(t, dataDir, p.URL)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -260,12 +265,26 @@ func TestHibernatedSurvivesKill(t *testing.T) {
 	if _, err := c.HibernateVM(ctx, v.ID); err != nil {
 		t.Fatal(err)
 	}
-	p.Stop(t, syscall.SIGKILL, 30*time.Second)
-	if procs, _ := vm.ScanHypervisors(dataDir); len(procs) != 0 {
-		t.Fatalf("hypervisors of a hibernated vm: %+v", procs)
+	poolReady := func(url string) bool {
+		resp, err := http.Get(url + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "\nhangar_browser_pool_ready 1\n")
 	}
+	if err := eventually(8*time.Minute, func() bool { return poolReady(p.URL) }); err != nil {
+		t.Fatal("warm pool not full within 8m")
+	}
+	procs, _ := vm.ScanHypervisors(dataDir)
+	if len(procs) != 1 || procs[0].VMID == v.ID {
+		t.Fatalf("hypervisors before the kill: %+v, want only the pool vm's", procs)
+	}
+	poolVM := procs[0]
+	p.Stop(t, syscall.SIGKILL, 30*time.Second)
 
-	p = startServeProc(t, dataDir)
+	p = startServeProc(t, dataDir, pool)
 	c = adminClient(t, dataDir, p.URL)
 	got, err := c.GetVM(ctx, v.ID)
 	if err != nil || got.State != api.VMHibernated || got.Hibernation == nil {
@@ -275,11 +294,25 @@ func TestHibernatedSurvivesKill(t *testing.T) {
 	if err != nil || res.ExitCode != 0 || strings.TrimSpace(res.Stdout) != "kept" {
 		t.Fatalf("after restart and resume: %+v, %v", res, err)
 	}
+	if !poolReady(p.URL) {
+		t.Fatal("the warm pool is not ready after the restart")
+	}
+	if strings.Contains(p.Logs(), "template build: booting") || strings.Contains(p.Logs(), "vm cloned from template") {
+		t.Fatal("the restarted daemon built a template or cloned again instead of adopting its pool")
+	}
+	procs, _ = vm.ScanHypervisors(dataDir)
+	found := false
+	for _, pr := range procs {
+		found = found || pr.VMID == poolVM.VMID && pr.PID == poolVM.PID
+	}
+	if !found {
+		t.Fatalf("pool vm %s (pid %d) not kept across the restart: %+v", poolVM.VMID, poolVM.PID, procs)
+	}
 	vms, err := c.ListVMs(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkNoOrphans(t, dataDir, vms)
+	checkNoOrphans(t, dataDir, append(vms, api.VM{ID: poolVM.VMID, State: api.VMReady}))
 	if err := c.DeleteVM(ctx, v.ID); err != nil {
 		t.Fatal(err)
 	}

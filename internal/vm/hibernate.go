@@ -51,6 +51,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -207,13 +208,24 @@ func (m *Manager) hibernate(ctx context.Context, v store.VM) (api.VM, error) {
 		}
 	}
 	dir := m.hibernationDir(id)
-	_ = os.RemoveAll(dir)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	_ = os.RemoveAll(dir) // leftovers; a mount point (operators may give snapshots their own file system) stays
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return api.VM{}, m.hibernateFailed(ctx, id, h, fmt.Errorf("create snapshot dir: %w", err))
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return api.VM{}, m.hibernateFailed(ctx, id, h, fmt.Errorf("protect snapshot dir: %w", err))
 	}
 	meta, err := h.Snapshot(ctx, dir, vmm.SnapshotOptions{})
 	if err != nil {
+		// QEMU only sees its writer die ("broken pipe"); say the likely
+		// cause when the file system is (nearly) full.
 		_ = os.RemoveAll(dir)
+		var fs syscall.Statfs_t
+		if syscall.Statfs(dir, &fs) == nil {
+			if free := int64(fs.Bavail) * int64(fs.Bsize); free < int64(spec.MemoryMiB)<<20 {
+				err = fmt.Errorf("%w (the snapshot's file system at %s has %d MiB free, the guest has %d MiB of memory)", err, dir, free>>20, spec.MemoryMiB)
+			}
+		}
 		return api.VM{}, m.hibernateFailed(ctx, id, h, err)
 	}
 	sum, err := protectAndHash(dir)

@@ -317,3 +317,45 @@ func TestHibernatedSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHibernateDiskFull: when the snapshot does not fit on its file system
+// the hibernation fails with the reason, the VM keeps running (same
+// process, exec works) and no partial snapshot is left.
+func TestHibernateDiskFull(t *testing.T) {
+	requireVMs(t, "base")
+	h := startDaemon(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	v := h.createReady(h.admin, api.KindBase, 3*time.Minute)
+	dir := filepath.Join(h.dataDir, "vms", v.ID, "hibernation")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// 4 MiB: far less than the ~40 MiB a base VM's state takes.
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m,mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	out := h.exec(h.admin, v.ID, "sh", "-c", "setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $!")
+	pid := strings.TrimSpace(out.Stdout)
+	before := qemuProcsFor(v.ID)
+	_, err := h.admin.HibernateVM(ctx, v.ID)
+	if err == nil || !strings.Contains(err.Error(), "keeps running") || !strings.Contains(err.Error(), "MiB free") {
+		t.Fatalf("hibernate onto a full disk: %v, want a failure saying the vm keeps running", err)
+	}
+	t.Logf("hibernate onto a full disk: %v", err)
+	got, err := h.admin.GetVM(ctx, v.ID)
+	if err != nil || got.State != api.VMReady {
+		t.Fatalf("after a failed hibernation: %+v, %v", got.State, err)
+	}
+	if after := qemuProcsFor(v.ID); len(after) != 1 || len(before) != 1 || after[0] != before[0] {
+		t.Fatalf("hypervisor changed: before %v, after %v", before, after)
+	}
+	if out := h.exec(h.admin, v.ID, "kill", "-0", pid); out.ExitCode != 0 {
+		t.Fatalf("process gone after a failed hibernation: %+v", out)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 0 {
+		t.Fatalf("partial snapshot left: %v", ents)
+	}
+}

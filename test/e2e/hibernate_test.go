@@ -20,13 +20,13 @@ import (
 	"github.com/hangar-vm/hangar/pkg/client"
 )
 
-// TestHibernateResume: a hibernated VM has no hypervisor and a private
+// TestHibernateResume: a hibernated CLI VM (1 GiB) has no hypervisor and a private
 // snapshot on disk; an exec resumes it transparently with a process started
 // before still running, a file written before intact and its clock
 // corrected; a truncated snapshot fails the VM with the reason, starts no
 // hypervisor, and keeps the disk, from which the VM boots again.
 func TestHibernateResume(t *testing.T) {
-	requireVMs(t, "base")
+	requireVMs(t, "cli")
 	h := startDaemon(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -35,7 +35,14 @@ func TestHibernateResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	ac := client.New(h.url, alice.APIKey)
-	vm := h.createReady(ac, api.KindBase, 3*time.Minute)
+	created, err := ac.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindCLI, MemoryMiB: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, err := ac.WaitVM(ctx, created.ID, api.VMReady)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	var rnd [16]byte
 	_, _ = rand.Read(rnd[:])

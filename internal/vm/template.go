@@ -9,8 +9,8 @@ package vm
 // id (which covers the agent and the root filesystem), the kernel, vCPUs
 // and memory, the hypervisor and its acceleration, the agent protocol
 // version and whether the VM has a network device. Any change gives a
-// new key, so a stale template is never restored; old ones are left for
-// `hangar image gc` (not yet: see the report of issue 10).
+// new key, so a stale template is never restored; `hangar image gc`
+// removes the templates of images it removed (templategc.go).
 //
 // What a clone must not share with its siblings, and how it gets its own
 // (re-key, internal/agent/rekey.go), before anyone else talks to it:

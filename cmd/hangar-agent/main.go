@@ -136,6 +136,9 @@ func runPID1() {
 		PID1:     true,
 		LogLevel: level,
 		SetClock: agent.SetSystemClock,
+		// Clones of a template are re-keyed through these.
+		Reseed:      agent.ReseedKernelRNG,
+		SetHostname: agent.SetHostname,
 		PowerOff: func(reboot bool) {
 			// Firecracker has no ACPI power-off: a guest reboot makes it exit.
 			agent.PowerOff(a.Logger(), reboot || params.Link == proto.LinkVsock)

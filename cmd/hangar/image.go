@@ -20,6 +20,7 @@ import (
 
 	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/image"
+	"github.com/hangar-vm/hangar/internal/vm"
 )
 
 // imageFlags are the build options shared by the image subcommands.
@@ -296,14 +297,33 @@ func newImageGCCmd(o *rootOptions) *cobra.Command {
 	var dry bool
 	cmd := &cobra.Command{
 		Use:   "gc",
-		Short: "Remove outdated kernels, images, root trees, interrupted builds and old logs",
+		Short: "Remove outdated kernels, images, root trees, VM templates, interrupted builds and old logs",
 		Long: `Keeps the current kernel, the current root tree of each flavor and the newest
-image of each flavor. Images used by VMs of a running daemon are not known to
+image of each flavor, and the VM templates (warm-pool snapshots) of the kept
+images. Images used by VMs of a running daemon are not known to
 this command; run it while the daemon is stopped, or let the daemon run it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c := image.NewCache(config.ResolveDataDir(o.dataDir), cliLogger())
+			dataDir := config.ResolveDataDir(o.dataDir)
+			c := image.NewCache(dataDir, cliLogger())
 			removed, err := c.GC(cmd.Context(), image.GCOptions{DryRun: dry})
+			// VM templates of images no longer kept go with them.
+			if err == nil {
+				kept, lerr := c.List(cmd.Context())
+				if lerr != nil {
+					return lerr
+				}
+				var tmpl []string
+				tmpl, err = vm.GCTemplates(dataDir, func(id string) bool {
+					for _, e := range kept {
+						if e.Kind == "rootfs" && (strings.HasPrefix(id, e.ID) || strings.HasPrefix(e.ID, id)) {
+							return true
+						}
+					}
+					return false
+				}, dry)
+				removed = append(removed, tmpl...)
+			}
 			verb := "removed"
 			if dry {
 				verb = "would remove"

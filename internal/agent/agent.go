@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,6 +56,11 @@ type Config struct {
 	PowerOff func(reboot bool)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Reseed mixes host randomness into the kernel's pool and forces a
+	// reseed (ReseedKernelRNG); nil skips it (not PID 1).
+	Reseed func(seed []byte) error
+	// SetHostname sets the guest's hostname; nil leaves it (not PID 1).
+	SetHostname func(name string) error
 }
 
 // Agent serves the host and supervises services.
@@ -79,6 +83,9 @@ type Agent struct {
 	reverseMu sync.Mutex // guards reverse
 	// reverse holds the guest listeners of reverse forwards, by address.
 	reverse map[string]net.Listener
+
+	// tok is the token requests must carry (rekey.go).
+	tok tokenBox
 
 	shutdownOnce sync.Once
 	// done is closed when a shutdown has completed.
@@ -104,6 +111,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Version = "dev"
 	}
 	a := &Agent{cfg: cfg, events: newEventBus(), started: cfg.Now(), bootAtStart: bootClock(), done: make(chan struct{}), reverse: map[string]net.Listener{}}
+	a.tok.set(cfg.Token)
 	if cfg.Console != nil {
 		a.console = newConsoleSink(cfg.Console)
 	}
@@ -257,6 +265,7 @@ func (a *Agent) routes() http.Handler {
 		a.setClock(time.Unix(0, req.UnixNano))
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST "+proto.PathRekey, a.handleRekey)
 	mux.HandleFunc("POST "+proto.PathShutdown, func(w http.ResponseWriter, r *http.Request) {
 		var req proto.ShutdownRequest
 		if !readJSON(w, r, &req) {
@@ -270,10 +279,8 @@ func (a *Agent) routes() http.Handler {
 
 // authenticate checks the per-VM token in constant time.
 func (a *Agent) authenticate(next http.Handler) http.Handler {
-	want := []byte(a.cfg.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get(proto.TokenHeader))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		if !a.tok.matches(r.Header.Get(proto.TokenHeader)) {
 			a.log.Warn("request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path)
 			writeError(w, http.StatusUnauthorized, proto.CodeUnauthorized, "missing or wrong token")
 			return

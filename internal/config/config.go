@@ -67,6 +67,9 @@ type Config struct {
 	MaxVCPUsPerUser     int `json:"max_vcpus_per_user"`
 	MaxMemoryMiBPerUser int `json:"max_memory_mib_per_user"`
 	MaxDiskMiBPerUser   int `json:"max_disk_mib_per_user"`
+	// BrowserPoolSize is how many browser VMs, cloned from a template,
+	// are kept ready for logins (counted within MaxBrowserVMs).
+	BrowserPoolSize int `json:"browser_pool_size"`
 	// BootTimeout bounds a VM's boot, from spawn to ready.
 	BootTimeout Duration `json:"boot_timeout"`
 	// LogRetention is how long the console logs of destroyed VMs are kept.
@@ -76,6 +79,12 @@ type Config struct {
 	EventRetention Duration `json:"event_retention"`
 	// LoginHeartbeatTimeout ends a login session nobody watches.
 	LoginHeartbeatTimeout Duration `json:"login_heartbeat_timeout"`
+	// IdleHibernate hibernates a ready cli or base workspace VM after this
+	// long without exec, files, prompt or logs; 0 never does.
+	IdleHibernate Duration `json:"idle_hibernate"`
+	// IdleDestroy destroys a VM hibernated or stopped for this long, and a
+	// browser VM outside a login unused for this long; 0 never does.
+	IdleDestroy Duration `json:"idle_destroy"`
 	// BuildImages makes the daemon build missing guest images in the
 	// background at start.
 	BuildImages bool `json:"build_images"`
@@ -174,6 +183,7 @@ func Default() Config {
 		Accel:                  "auto",
 		MaxVMsPerUser:          180,
 		MaxBrowserVMs:          2,
+		BrowserPoolSize:        1,
 		BootTimeout:            Duration(3 * time.Minute),
 		PromptTimeout:          Duration(10 * time.Minute),
 		CredentialLeaseTTL:     Duration(2 * time.Minute),
@@ -182,6 +192,8 @@ func Default() Config {
 		DevAccessTokenTTL:      Duration(time.Hour),
 		LogRetention:           Duration(7 * 24 * time.Hour),
 		LoginHeartbeatTimeout:  Duration(5 * time.Minute),
+		IdleHibernate:          Duration(15 * time.Minute),
+		IdleDestroy:            Duration(7 * 24 * time.Hour),
 		BuildImages:            true,
 		MaxBrowserVMsPerUser:   1,
 		MaxVCPUsPerUser:        16,
@@ -315,6 +327,11 @@ var envVars = []struct {
 		c.MaxDiskMiBPerUser = n
 		return err
 	}},
+	{"HANGAR_BROWSER_POOL_SIZE", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		c.BrowserPoolSize = n
+		return err
+	}},
 	{"HANGAR_BOOT_TIMEOUT", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.BootTimeout = Duration(d)
@@ -328,6 +345,16 @@ var envVars = []struct {
 	{"HANGAR_EVENT_RETENTION", func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
 		c.EventRetention = Duration(d)
+		return err
+	}},
+	{"HANGAR_IDLE_HIBERNATE", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.IdleHibernate = Duration(d)
+		return err
+	}},
+	{"HANGAR_IDLE_DESTROY", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		c.IdleDestroy = Duration(d)
 		return err
 	}},
 	{"HANGAR_LOG_RETENTION", func(c *Config, v string) error {
@@ -463,6 +490,15 @@ func (c *Config) Validate() error {
 	}
 	if time.Duration(c.LoginHeartbeatTimeout) < 5*time.Second {
 		errs = append(errs, errors.New("login_heartbeat_timeout must be at least 5s"))
+	}
+	// A pool larger than max_browser_vms is not an error: the pool never
+	// holds more browser VMs than the limit allows (max_browser_vms 0
+	// turns it off without touching browser_pool_size).
+	if c.BrowserPoolSize < 0 {
+		errs = append(errs, errors.New("browser_pool_size must not be negative"))
+	}
+	if c.IdleHibernate < 0 || c.IdleDestroy < 0 {
+		errs = append(errs, errors.New("idle_hibernate and idle_destroy must not be negative (0 turns them off)"))
 	}
 	if c.LogRetention <= 0 {
 		errs = append(errs, errors.New("log_retention must be positive"))

@@ -136,6 +136,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Daemon, e
 	if err := d.mountNetworkPolicies(); err != nil {
 		return nil, err
 	}
+	d.api.MountHibernation(d.vms)
+	d.setupIdle()
 	if err := d.setupNetwork(ctx); err != nil {
 		return nil, err
 	}
@@ -234,6 +236,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { defer d.bg.Done(); d.periodic(bgctx) }()
 	d.bg.Add(1)
 	go func() { defer d.bg.Done(); d.reconcileLoop(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.idleLoop(bgctx) }()
+	d.bg.Add(1)
+	go func() { defer d.bg.Done(); d.vms.RunPool(bgctx) }()
 	if d.cfg.BuildImages {
 		d.bg.Add(1)
 		go func() { defer d.bg.Done(); d.buildImages(bgctx) }()

@@ -233,6 +233,10 @@ type Store interface {
 	// ErrNotFound when there is no such VM. On success the stored version
 	// is v.Version+1.
 	UpdateVM(ctx context.Context, v VM) error
+	// TransferVM gives the VM owned by fromOwner to toOwner with a new
+	// Spec, or fails with ErrNotFound when fromOwner no longer owns it
+	// (a warm-pool VM is taken by one login only).
+	TransferVM(ctx context.Context, id, fromOwner, toOwner string, spec []byte) error
 	DeleteVM(ctx context.Context, id string) error
 
 	// EnqueueTask stores a pending task. Zero RunAt means now; zero

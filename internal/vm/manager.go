@@ -113,6 +113,13 @@ type Manager struct {
 	// reconcileMu serialises reconciliation passes.
 	reconcileMu sync.Mutex
 
+	// hib serialises hibernate and resume per VM (hibernate.go).
+	hib hibernator
+	// tmpl serialises template builds (template.go); pool keeps warm
+	// browser clones (pool.go).
+	tmpl templates
+	pool warmPool
+
 	wg sync.WaitGroup // boot and watch goroutines
 	// closing ends the watchers when the daemon lets go of its VMs.
 	closing chan struct{}
@@ -152,6 +159,8 @@ type runtimeDoc struct {
 	// SlotID is the network slot the hypervisor runs in, so a restarted
 	// daemon can adopt it and reconciliation keeps it.
 	SlotID string `json:"slot_id,omitempty"`
+	// Hibernation is set while the VM is hibernated.
+	Hibernation *hibernationDoc `json:"hibernation,omitempty"`
 }
 
 // specDoc is the VM's requested shape.
@@ -298,6 +307,21 @@ func (m *Manager) CreateFor(ctx context.Context, caller store.User, req api.Crea
 	}
 	if err := m.checkHeadroom(req.Kind); err != nil {
 		return api.VM{}, err
+	}
+	if purpose == api.PurposeLogin && req.Kind == api.KindBrowser {
+		// A login takes a warm clone from the pool when there is one. The
+		// user's shares are checked as for a new VM, less the host's
+		// browser slot the clone already holds.
+		all, err := m.store.ListVMs(ctx, "")
+		if err != nil {
+			return api.VM{}, err
+		}
+		if err := m.checkQuota(withoutOnePoolVM(all), caller.ID, req.Kind, sp); err != nil {
+			return api.VM{}, err
+		}
+		if v, ok := m.takeWarm(ctx, caller); ok {
+			return v, nil
+		}
 	}
 	sp.Purpose = purpose
 	spec, _ := json.Marshal(sp)
@@ -761,6 +785,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	}
 	recovered := m.recoverHandles(ctx, vs)
 	for _, v := range vs {
+		if v.State == api.VMHibernating || v.State == api.VMResuming {
+			v = m.settleSnapshotState(ctx, v)
+		}
 		switch v.State {
 		case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping:
 		default:

@@ -67,4 +67,6 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Manager) Register(reg prometheus.Registerer) {
 	reg.MustRegister(m.metrics.phases, m.metrics.linkErrors, m.metrics.failures, stateCollector{m: m,
 		desc: prometheus.NewDesc("hangar_vms", "VMs by state and kind.", []string{"state", "kind"}, nil)})
+	m.hib.register(reg)
+	m.registerPool(reg)
 }

@@ -44,6 +44,9 @@ func (m *Manager) toAPI(v store.VM) api.VM {
 	if v.State == api.VMReady {
 		markUnresponsive(&out, m.inst(v.ID).unresponsive())
 	}
+	if h := rt.Hibernation; h != nil && v.State == api.VMHibernated {
+		out.Hibernation = &api.Hibernation{SnapshotBytes: h.SizeBytes, HibernatedAt: h.At, DurationMS: h.FrozenMS}
+	}
 	return out
 }
 
@@ -85,7 +88,7 @@ func (m *Manager) List(ctx context.Context, caller store.User) ([]api.VM, error)
 	}
 	out := make([]api.VM, 0, len(vs))
 	for _, v := range vs {
-		if v.State == api.VMDestroyed {
+		if v.State == api.VMDestroyed || hidden(v) {
 			continue
 		}
 		out = append(out, m.toAPI(v))
@@ -118,6 +121,9 @@ func (m *Manager) addProviders(ctx context.Context, owner string, vms []*api.VM)
 // readyClient returns the agent link of a ready VM or says why there is
 // none.
 func (m *Manager) readyClient(ctx context.Context, caller store.User, id string) (*agentlink.Client, error) {
+	if err := m.resumeIfHibernated(ctx, caller, id); err != nil {
+		return nil, err
+	}
 	v, err := m.get(ctx, caller, id)
 	if err != nil {
 		return nil, err
@@ -159,6 +165,7 @@ func serviceError(s proto.ServiceStatus) string {
 
 // Exec runs a command in the VM.
 func (m *Manager) Exec(ctx context.Context, caller store.User, id string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+	defer m.hib.begin(id)()
 	c, err := m.readyClient(ctx, caller, id)
 	if err != nil {
 		return 0, err
@@ -249,6 +256,7 @@ func (m *Manager) Logs(ctx context.Context, caller store.User, id, service strin
 	if err != nil {
 		return err
 	}
+	defer m.hib.begin(id)()
 	if service == "" || service == "console" {
 		return m.consoleLog(ctx, v.ID, follow, w)
 	}
@@ -413,6 +421,8 @@ func (m *Manager) Stop(ctx context.Context, caller store.User, id string) (api.V
 	case api.VMDestroyed:
 		return api.VM{}, errs.E(errs.NotFound, "vm %s not found", id)
 	case api.VMCreating, api.VMBooting, api.VMReady, api.VMFailed:
+	case api.VMHibernated:
+		m.discardHibernation(ctx, id)
 	default:
 		return api.VM{}, errs.E(errs.Conflict, "vm %s is %s", id, v.State)
 	}
@@ -583,6 +593,9 @@ func (m *Manager) Link(ctx context.Context, caller store.User, id string) (*agen
 // WaitReady waits until the VM is ready, failing early when it fails or is
 // destroyed.
 func (m *Manager) WaitReady(ctx context.Context, caller store.User, id string) (api.VM, error) {
+	if err := m.resumeIfHibernated(ctx, caller, id); err != nil {
+		return api.VM{}, err
+	}
 	for {
 		v, err := m.get(ctx, caller, id)
 		if err != nil {

@@ -45,7 +45,9 @@ func (m *Manager) usageOf(all []store.VM, ownerID string) usage {
 		if v.Kind == api.KindBrowser && running(v.State) {
 			u.hostBrowsers++
 		}
-		if v.OwnerID != ownerID {
+		// The warm pool and templates take host browser slots but belong
+		// to nobody's share (they are only recorded under the first admin).
+		if v.OwnerID != ownerID || hidden(v) {
 			continue
 		}
 		var sp specDoc

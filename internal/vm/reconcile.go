@@ -35,7 +35,7 @@ func (r ReconcileReport) Empty() bool {
 // active states have (or are about to have) a hypervisor process.
 func active(state string) bool {
 	switch state {
-	case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping:
+	case api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping, api.VMHibernating, api.VMResuming:
 		return true
 	}
 	return false

@@ -26,6 +26,16 @@ const (
 	VMDestroyed = "destroyed"
 )
 
+// Hibernation states of cli and base VMs: ready → hibernating →
+// hibernated (memory and device state on disk, no hypervisor process) →
+// resuming → ready. A failed hibernation leaves the VM ready; a failed
+// resume leaves it failed with its disk kept.
+const (
+	VMHibernating = "hibernating"
+	VMHibernated  = "hibernated"
+	VMResuming    = "resuming"
+)
+
 // CreateVMRequest is the body of POST /api/v1/vms.
 type CreateVMRequest struct {
 	Kind      string `json:"kind"`
@@ -84,6 +94,8 @@ type VM struct {
 	// UnresponsiveSince; calls to it fail fast meanwhile.
 	Unresponsive      bool       `json:"unresponsive,omitempty"`
 	UnresponsiveSince *time.Time `json:"unresponsive_since,omitempty"`
+	// Hibernation describes the snapshot a hibernated VM resumes from.
+	Hibernation *Hibernation `json:"hibernation,omitempty"`
 }
 
 // ExecRequest is the body of POST /api/v1/vms/{id}/exec.
@@ -137,3 +149,12 @@ type ShellRequest struct {
 
 // CodeTimeout is the error code of a wait that timed out (408).
 const CodeTimeout = "timeout"
+// Hibernation is the on-disk snapshot of a hibernated VM.
+type Hibernation struct {
+	// SnapshotBytes is the size of the memory and device state on disk.
+	SnapshotBytes int64     `json:"snapshot_bytes"`
+	HibernatedAt  time.Time `json:"hibernated_at"`
+	// DurationMS is how long the VM was frozen while its state was
+	// written.
+	DurationMS int64 `json:"duration_ms"`
+}

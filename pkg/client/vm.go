@@ -48,6 +48,20 @@ func (c *Client) StartVM(ctx context.Context, id string) (api.VM, error) {
 	return vm, c.Do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(id)+"/start", nil, &vm)
 }
 
+// HibernateVM writes a VM's memory to disk and ends its hypervisor; it
+// returns once the VM is hibernated.
+func (c *Client) HibernateVM(ctx context.Context, id string) (api.VM, error) {
+	var vm api.VM
+	return vm, c.Do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(id)+"/hibernate", nil, &vm)
+}
+
+// ResumeVM brings a hibernated VM back; it returns once the VM is ready.
+// Exec, files and prompts resume a hibernated VM by themselves.
+func (c *Client) ResumeVM(ctx context.Context, id string) (api.VM, error) {
+	var vm api.VM
+	return vm, c.Do(ctx, http.MethodPost, "/api/v1/vms/"+url.PathEscape(id)+"/resume", nil, &vm)
+}
+
 // DeleteVM destroys a VM; its logs stay readable.
 func (c *Client) DeleteVM(ctx context.Context, id string) error {
 	return c.Do(ctx, http.MethodDelete, "/api/v1/vms/"+url.PathEscape(id), nil, nil)

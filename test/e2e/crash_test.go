@@ -50,7 +50,7 @@ func startServeProcIn(t *testing.T, ns, dataDir string, env ...string) *servePro
 	if ns != "" {
 		argv = append([]string{"nsenter", "--net=/run/netns/" + ns, "--"}, argv...)
 	}
-	base := []string{"HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug"}
+	base := []string{"HANGAR_BUILD_IMAGES=false", "HANGAR_LOG_LEVEL=debug", "HANGAR_BROWSER_POOL_SIZE=0"}
 	if ns == "" {
 		// Networking defaults to on, in the daemon's namespace, which is
 		// the machine's here: only a daemon in a test namespace gets it.

@@ -81,6 +81,9 @@ func startDaemon(t *testing.T, mutate func(*config.Config)) *harness {
 	// that would be the machine's. Tests about the network turn it on
 	// with HostNetNS set to a namespace they created (network_test.go).
 	cfg.Network.Enabled = false
+	// The warm browser pool would boot a browser template in every test;
+	// the tests about it turn it on.
+	cfg.BrowserPoolSize = 0
 	if mutate != nil {
 		mutate(&cfg)
 	}

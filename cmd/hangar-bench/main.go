@@ -373,6 +373,10 @@ func startDaemon(ctx context.Context, dataDir string) (*harness, error) {
 	// the API load with 429s after a second; raised, the limiter still runs
 	// on every request, so its cost stays in the figures.
 	cfg.RateLimit = "100000000/1s"
+	// No warm browser pool: building its template in the background would
+	// load the host under the cold-boot measures. The pool's own figures
+	// belong to the snapshot hook (HOOK(snapshots)).
+	cfg.BrowserPoolSize = 0
 	logPath := filepath.Join(dataDir, "daemon.log")
 	lf, err := os.Create(logPath)
 	if err != nil {

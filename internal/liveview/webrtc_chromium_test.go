@@ -1,0 +1,295 @@
+package liveview
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"log/slog"
+	"net/url"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/hangar-vm/hangar/internal/liveview/rfbtest"
+	"github.com/hangar-vm/hangar/internal/liveview/webrtc"
+	htestutil "github.com/hangar-vm/hangar/internal/testutil"
+)
+
+// rtcEnv is a live-view handler with the WebRTC transport and an embedded
+// TURN server on loopback, and the encoders it started.
+type rtcEnv struct {
+	*env
+	turn    *webrtc.TURN
+	metrics *webrtc.Metrics
+	// mu guards pids.
+	mu   sync.Mutex
+	pids []int
+}
+
+func newRTCEnv(t *testing.T) *rtcEnv {
+	t.Helper()
+	_, err := exec.LookPath("ffmpeg")
+	htestutil.Require(t, err == nil, "ffmpeg is not installed (apt-get install ffmpeg)")
+	r := &rtcEnv{metrics: webrtc.NewMetrics()}
+	var logged lockedWriter
+	var alive func() bool
+	r.turn, err = webrtc.NewTURN(webrtc.TURNConfig{
+		Listen: "127.0.0.1:0", TCP: true,
+		Log:    slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Alive: func(ctx context.Context, s string) bool { return alive() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.turn.Close() })
+	srv, err := webrtc.New(webrtc.Options{
+		Log:  slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		TURN: r.turn, LoopbackCandidates: true, Metrics: r.metrics, MaxFPS: 15,
+		OnEncoder: func(_ string, pid int) {
+			r.mu.Lock()
+			r.pids = append(r.pids, pid)
+			r.mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.env = newEnv(t, func(o *Options) { o.WebRTC = srv; o.Metrics = r.metrics })
+	logged.e = r.env
+	alive = r.env.alive.Load
+	t.Cleanup(func() {
+		if t.Failed() {
+			r.env.mu.Lock()
+			t.Logf("daemon log:\n%s", r.env.logs.String())
+			r.env.mu.Unlock()
+		}
+	})
+	return r
+}
+
+func (r *rtcEnv) encoders() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int(nil), r.pids...)
+}
+
+// evalAsync evaluates an expression that may return a promise.
+func (d *cdp) evalAsync(ctx context.Context, expr string) (string, error) {
+	var r struct {
+		Result struct {
+			Value json.RawMessage `json:"value"`
+		} `json:"result"`
+		ExceptionDetails *struct {
+			Text string `json:"text"`
+		} `json:"exceptionDetails"`
+	}
+	err := d.call(ctx, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}, &r)
+	if err == nil && r.ExceptionDetails != nil {
+		err = fmt.Errorf("javascript: %s", r.ExceptionDetails.Text)
+	}
+	return string(r.Result.Value), err
+}
+
+// waitJS polls a boolean expression until it is true.
+func (d *cdp) waitJS(ctx context.Context, t *testing.T, expr, what string) {
+	t.Helper()
+	for {
+		v, err := d.evalAsync(ctx, expr)
+		if v == "true" {
+			return
+		}
+		if err != nil || ctx.Err() != nil {
+			sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			st, _ := d.eval(sctx, `JSON.stringify({state: hangarLiveView.state, transport: hangarLiveView.transport, fallback: hangarLiveView.lastFallback, status: document.getElementById('status').textContent, pc: hangarLiveView.rtc && hangarLiveView.rtc.pc && {ice: hangarLiveView.rtc.pc.iceConnectionState, gather: hangarLiveView.rtc.pc.iceGatheringState, sig: hangarLiveView.rtc.pc.signalingState, local: hangarLiveView.rtc.pc.localDescription && hangarLiveView.rtc.pc.localDescription.sdp.split('\n').filter(l => l.startsWith('a=cand')).join('|')}})`)
+			t.Fatalf("%s: %v (page %s)", what, err, st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sampleJS draws the current video frame to a canvas and returns the mean
+// colour of its middle, as the page sees it after decoding.
+const sampleJS = `(() => {
+  const v = hangarLiveView.rtc && hangarLiveView.rtc.video;
+  if (!v || !v.videoWidth) return null;
+  const c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d');
+  g.drawImage(v, 0, 0);
+  const d = g.getImageData(c.width / 4, c.height / 4, c.width / 2, c.height / 2).data;
+  let r = 0, gr = 0, b = 0;
+  for (let i = 0; i < d.length; i += 4) { r += d[i]; gr += d[i + 1]; b += d[i + 2]; }
+  const n = d.length / 4;
+  return [Math.round(r / n), Math.round(gr / n), Math.round(b / n), v.videoWidth, v.videoHeight];
+})()`
+
+func sample(ctx context.Context, t *testing.T, d *cdp) []int {
+	t.Helper()
+	raw, err := d.evalAsync(ctx, sampleJS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v []int
+	_ = json.Unmarshal([]byte(raw), &v)
+	return v
+}
+
+func near(got []int, want color.RGBA) bool {
+	if len(got) < 3 {
+		return false
+	}
+	d := func(a int, b uint8) int {
+		if a > int(b) {
+			return a - int(b)
+		}
+		return int(b) - a
+	}
+	return d(got[0], want.R) < 24 && d(got[1], want.G) < 24 && d(got[2], want.B) < 24
+}
+
+func solid(c color.RGBA) func(x, y int) color.RGBA {
+	return func(int, int) color.RGBA { return c }
+}
+
+// TestWebRTCViewInChromium: headless Chromium opens the live view, which
+// picks WebRTC and negotiates it through the embedded TURN server with ICE
+// restricted to relay candidates; the video it decodes follows the VNC
+// server's screen (checked by drawing frames to a canvas), keys typed into
+// the page reach the VNC server over the data channel, and killing the
+// encoder makes the page fall back to noVNC, which keeps working, while no
+// new encoder is started.
+func TestWebRTCViewInChromium(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	htestutil.Require(t, err == nil, "chromium is not installed (apt-get install chromium)")
+	r := newRTCEnv(t)
+	red := color.RGBA{R: 200, G: 30, B: 30, A: 255}
+	r.vnc.SetScreen(solid(red))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	u := r.url("http", "sess-1", "", r.token("sess-1", false, time.Minute), url.Values{"ice": {"relay"}, "webrtc_timeout": {"15000"}})
+	dir := startChromium(t, chromium, "--window-size=800,600", "--autoplay-policy=no-user-gesture-required", u)
+	d, err := attachCDP(ctx, dir, "/live/sess-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.CloseNow()
+
+	d.waitJS(ctx, t, `!!window.hangarLiveView && hangarLiveView.transport === 'webrtc' && hangarLiveView.state === 'connected'`, "webrtc view connects")
+	// Only relay candidates were allowed, so the pair in use is a relay
+	// of the embedded TURN server.
+	pair, err := d.evalAsync(ctx, `(async () => {
+	  const st = await hangarLiveView.rtc.pc.getStats();
+	  let out = null;
+	  st.forEach((s) => {
+	    if (s.type === 'transport' && s.selectedCandidatePairId) {
+	      const p = st.get(s.selectedCandidatePairId);
+	      out = {local: st.get(p.localCandidateId).candidateType, remote: st.get(p.remoteCandidateId).candidateType};
+	    }
+	  });
+	  return JSON.stringify(out);
+	})()`)
+	if err != nil || !strings.Contains(pair, `\"local\":\"relay\"`) {
+		t.Fatalf("selected candidate pair %s (%v), want a local relay candidate", pair, err)
+	}
+	if n := r.turn.Allocations("sess-1"); n < 1 {
+		t.Fatalf("TURN server holds %d allocations for the session", n)
+	}
+
+	// Frames follow the screen.
+	var got []int
+	for !near(got, red) {
+		if ctx.Err() != nil {
+			t.Fatalf("decoded frame colour %v, want about %v", got, red)
+		}
+		got = sample(ctx, t, d)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got[3] != 320 || got[4] != 200 {
+		t.Fatalf("video is %dx%d, want the screen's 320x200", got[3], got[4])
+	}
+	framesBefore := testutil.ToFloat64(r.metrics.Frames)
+	blue := color.RGBA{R: 20, G: 60, B: 210, A: 255}
+	changed := time.Now()
+	r.vnc.SetScreen(solid(blue))
+	for !near(got, blue) {
+		if ctx.Err() != nil {
+			t.Fatalf("after the screen changed the decoded colour is %v, want about %v", got, blue)
+		}
+		got = sample(ctx, t, d)
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("screen change visible in the page after %v (decoded colour %v)", time.Since(changed).Round(time.Millisecond), got[:3])
+	if f := testutil.ToFloat64(r.metrics.Frames); f <= framesBefore {
+		t.Fatalf("frames sent %v, want more than %v after a change", f, framesBefore)
+	}
+	// A static screen costs (almost) no frames.
+	time.Sleep(300 * time.Millisecond)
+	idle := testutil.ToFloat64(r.metrics.Frames)
+	time.Sleep(2 * time.Second)
+	if f := testutil.ToFloat64(r.metrics.Frames); f-idle > 2 {
+		t.Fatalf("%v frames sent in 2 s of a static screen", f-idle)
+	}
+
+	// Keys typed in the page reach the VNC server through the data channel.
+	for _, ev := range []map[string]any{
+		{"type": "keyDown", "key": "q", "code": "KeyQ", "text": "q", "windowsVirtualKeyCode": 81},
+		{"type": "keyUp", "key": "q", "code": "KeyQ", "windowsVirtualKeyCode": 81},
+	} {
+		if err := d.call(ctx, "Input.dispatchKeyEvent", ev, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.vnc.WaitFor(ctx, func(m []rfbtest.Message) bool {
+		for _, x := range m {
+			if down, sym := x.Key(); x.Type == 4 && !down && sym == 'q' {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatalf("typed key never reached the VNC server: %v", err)
+	}
+	if s := testutil.ToFloat64(r.metrics.Sessions.WithLabelValues("webrtc")); s != 1 {
+		t.Fatalf("webrtc sessions gauge %v, want 1", s)
+	}
+
+	// The encoder dies: the page falls back to noVNC and goes on.
+	pids := r.encoders()
+	if err := syscall.Kill(pids[len(pids)-1], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.waitJS(ctx, t, `hangarLiveView.transport === 'vnc' && hangarLiveView.state === 'connected' && hangarLiveView.fallbacks === 1`, "fallback to noVNC")
+	if f := testutil.ToFloat64(r.metrics.Fallbacks.WithLabelValues("encoder")); f != 1 {
+		t.Fatalf("encoder fallbacks %v, want 1", f)
+	}
+	if s := testutil.ToFloat64(r.metrics.Sessions.WithLabelValues("vnc")); s != 1 {
+		t.Fatalf("vnc sessions gauge %v, want 1", s)
+	}
+	time.Sleep(time.Second)
+	if n := len(r.encoders()); n != len(pids) {
+		t.Fatalf("%d encoders started after the kill; a dead encoder must not be restarted", n-len(pids))
+	}
+	r.assertNoSecrets(t)
+}
+
+// assertNoSecrets checks the daemon's log for every token issued.
+func (r *rtcEnv) assertNoSecrets(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.env.mu.Lock()
+	defer r.env.mu.Unlock()
+	logs := r.env.logs.String()
+	for _, tok := range r.env.tokens {
+		if strings.Contains(logs, tok) {
+			t.Fatal("a live-view token appears in the log")
+		}
+	}
+}

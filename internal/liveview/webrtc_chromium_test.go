@@ -41,7 +41,7 @@ func newRTCEnv(t *testing.T) *rtcEnv {
 	var alive func() bool
 	r.turn, err = webrtc.NewTURN(webrtc.TURNConfig{
 		Listen: "127.0.0.1:0", TCP: true,
-		Log:    slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:   slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Alive: func(ctx context.Context, s string) bool { return alive() },
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image/color"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os/exec"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/hangar-vm/hangar/internal/liveview/rfbtest"
@@ -290,6 +292,83 @@ func (r *rtcEnv) assertNoSecrets(t *testing.T) {
 	for _, tok := range r.env.tokens {
 		if strings.Contains(logs, tok) {
 			t.Fatal("a live-view token appears in the log")
+		}
+	}
+}
+
+// TestWebRTCSignallingRefusals: the signalling websocket takes the same
+// token as the VNC one: a token of another session, a forged one and an
+// ended session are refused before any upgrade, and without the WebRTC
+// transport configured the route does not exist.
+func TestWebRTCSignallingRefusals(t *testing.T) {
+	r := newRTCEnv(t)
+	ctx := ctxT(t, 10*time.Second)
+	status := func(e *env, session, token string) int {
+		_, resp, err := websocket.Dial(ctx, e.url("ws", session, "webrtc", token, nil), nil)
+		if err == nil {
+			t.Fatalf("signalling for %s opened", session)
+		}
+		if resp == nil {
+			t.Fatalf("no HTTP answer: %v", err)
+		}
+		return resp.StatusCode
+	}
+	if s := status(r.env, "sess-2", r.token("sess-1", false, time.Minute)); s != http.StatusForbidden {
+		t.Fatalf("token of another session: status %d, want 403", s)
+	}
+	if s := status(r.env, "sess-1", "forged"); s != http.StatusForbidden {
+		t.Fatalf("forged token: status %d, want 403", s)
+	}
+	r.alive.Store(false)
+	if s := status(r.env, "sess-1", r.token("sess-1", false, time.Minute)); s != http.StatusGone {
+		t.Fatalf("ended session: status %d, want 410", s)
+	}
+	plain := newEnv(t, nil)
+	if s := status(plain, "sess-1", plain.token("sess-1", false, time.Minute)); s != http.StatusNotFound {
+		t.Fatalf("without WebRTC: status %d, want 404", s)
+	}
+	if n := r.dials.Load(); n != 0 {
+		t.Fatalf("%d VNC dials for refused signalling", n)
+	}
+	r.assertNoSecrets(t)
+}
+
+// TestWebRTCViewOnlyDropsInput: a view-only viewer gets video, but input
+// it sends on the data channel (written straight to the channel here, as a
+// modified page would) never reaches the VNC server; the daemon counts it
+// as dropped, which also proves it arrived.
+func TestWebRTCViewOnlyDropsInput(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	htestutil.Require(t, err == nil, "chromium is not installed (apt-get install chromium)")
+	r := newRTCEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	u := r.url("http", "sess-1", "", r.token("sess-1", true, time.Minute), url.Values{"ice": {"relay"}, "webrtc_timeout": {"15000"}})
+	dir := startChromium(t, chromium, "--window-size=800,600", "--autoplay-policy=no-user-gesture-required", u)
+	d, err := attachCDP(ctx, dir, "/live/sess-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.CloseNow()
+	d.waitJS(ctx, t, `!!window.hangarLiveView && hangarLiveView.transport === 'webrtc' && hangarLiveView.state === 'connected'`, "view-only webrtc view connects")
+	d.waitJS(ctx, t, `hangarLiveView.rtc.dc.readyState === 'open'`, "data channel opens")
+	if _, err := d.evalAsync(ctx, `(() => {
+	  const dc = hangarLiveView.rtc.dc;
+	  for (const m of [{t:'key',down:true,keysym:113},{t:'key',down:false,keysym:113},{t:'ptr',x:5,y:5,buttons:1},{t:'paste',text:'x'}]) dc.send(JSON.stringify(m));
+	  return true;
+	})()`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.metrics.InputDropped) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon dropped %v input messages, want 4", testutil.ToFloat64(r.metrics.InputDropped))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, m := range r.vnc.Messages() {
+		if m.Type == 4 || m.Type == 5 || m.Type == 6 {
+			t.Fatalf("view-only input reached the VNC server: type %d", m.Type)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/hangar-vm/hangar/internal/liveview/rfbtest"
 	"github.com/hangar-vm/hangar/internal/liveview/webrtc"
@@ -233,11 +234,33 @@ func TestWebRTCViewInChromium(t *testing.T) {
 	}
 	// A static screen costs (almost) no frames.
 	time.Sleep(300 * time.Millisecond)
-	idle := testutil.ToFloat64(r.metrics.Frames)
+	idle, idleBytes := testutil.ToFloat64(r.metrics.Frames), testutil.ToFloat64(r.metrics.Bytes)
 	time.Sleep(2 * time.Second)
 	if f := testutil.ToFloat64(r.metrics.Frames); f-idle > 2 {
 		t.Fatalf("%v frames sent in 2 s of a static screen", f-idle)
 	}
+
+	t.Logf("static screen: %v frames, %.0f bytes/s", testutil.ToFloat64(r.metrics.Frames)-idle, (testutil.ToFloat64(r.metrics.Bytes)-idleBytes)/2)
+
+	// "Typing": a bar grows across the screen ten times a second, the
+	// damage of a line of text appearing.
+	f0, b0, t0 := testutil.ToFloat64(r.metrics.Frames), testutil.ToFloat64(r.metrics.Bytes), time.Now()
+	for i := 1; i <= 20; i++ {
+		w := 12 * i
+		r.vnc.SetScreen(func(x, y int) color.RGBA {
+			if y >= 90 && y < 110 && x < w && x%12 < 9 {
+				return color.RGBA{R: 240, G: 240, B: 240, A: 255}
+			}
+			return blue
+		})
+		time.Sleep(100 * time.Millisecond)
+	}
+	secs := time.Since(t0).Seconds()
+	var hm dto.Metric
+	_ = r.metrics.EncodeSeconds.Write(&hm)
+	t.Logf("typing: %.1f frames/s, %.0f bytes/s; mean encode time %.1f ms over %d frames",
+		(testutil.ToFloat64(r.metrics.Frames)-f0)/secs, (testutil.ToFloat64(r.metrics.Bytes)-b0)/secs,
+		1000*hm.GetHistogram().GetSampleSum()/float64(max(hm.GetHistogram().GetSampleCount(), 1)), hm.GetHistogram().GetSampleCount())
 
 	// Keys typed in the page reach the VNC server through the data channel.
 	for _, ev := range []map[string]any{

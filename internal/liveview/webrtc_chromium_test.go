@@ -395,3 +395,46 @@ func TestWebRTCViewOnlyDropsInput(t *testing.T) {
 		}
 	}
 }
+
+// TestWebRTCSignallingHelloAndSessionEnd: the first signalling message
+// carries the screen size and a TURN credential naming this session (and
+// never the live-view token); ending the session closes the signalling
+// websocket with the "session ended" code the page stops on.
+func TestWebRTCSignallingHelloAndSessionEnd(t *testing.T) {
+	r := newRTCEnv(t)
+	ctx := ctxT(t, 20*time.Second)
+	tok := r.token("sess-1", false, time.Minute)
+	c, _, err := websocket.Dial(ctx, r.url("ws", "sess-1", "webrtc", tok, nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	_, raw, err := c.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hello struct {
+		Type       string
+		Width      int
+		Height     int
+		ICEServers []webrtc.ICEServer
+	}
+	if err := json.Unmarshal(raw, &hello); err != nil {
+		t.Fatal(err)
+	}
+	if hello.Type != "hello" || hello.Width != 320 || hello.Height != 200 || len(hello.ICEServers) != 1 {
+		t.Fatalf("hello %+v", hello)
+	}
+	if u := hello.ICEServers[0].Username; !strings.HasSuffix(u, ":sess-1") {
+		t.Fatalf("TURN user %q does not name the session", u)
+	}
+	if strings.Contains(string(raw), tok) {
+		t.Fatal("the live-view token is in the signalling hello")
+	}
+	r.lv.EndSession("sess-1")
+	_, _, err = c.Read(ctx)
+	if got := websocket.CloseStatus(err); got != closeSessionEnded {
+		t.Fatalf("after EndSession: %v (status %d), want close %d", err, got, closeSessionEnded)
+	}
+	r.assertNoSecrets(t)
+}

@@ -287,6 +287,7 @@ func TestWebRTCViewInChromium(t *testing.T) {
 
 	// The encoder dies: the page falls back to noVNC and goes on.
 	pids := r.encoders()
+	t.Logf("%d encoder(s) started so far (a new one per key-frame request or large bandwidth change)", len(pids))
 	if err := syscall.Kill(pids[len(pids)-1], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

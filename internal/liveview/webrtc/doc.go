@@ -32,7 +32,8 @@
 // no look-ahead (one frame in, one frame out) and, since frames are rare,
 // with no periodic key frames: a browser that lost the picture sends a PLI
 // and gets a fresh encoder (whose first frame is a key frame), at most once
-// a second. A large change in the browser's bandwidth estimate (REMB)
+// a second. A large change in the bandwidth estimate (pion's Google
+// Congestion Control, fed by the browser's transport-wide feedback)
 // restarts the encoder at the new bitrate the same way, since ffmpeg cannot
 // retarget libvpx while running.
 //

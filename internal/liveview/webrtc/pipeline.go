@@ -111,8 +111,7 @@ func (p *pipeline) requestKeyFrame() {
 	}
 }
 
-// estimate takes the receiver's bandwidth estimate (REMB, bits per
-// second). ffmpeg cannot change libvpx's target while running, so a new
+// estimate takes the sender-side bandwidth estimate (bits per second). ffmpeg cannot change libvpx's target while running, so a new
 // bitrate means a new encoder (and a key frame); it happens only on a
 // large change, and the caller limits how often.
 func (p *pipeline) estimate(bps uint64) bool {

@@ -13,6 +13,8 @@ import (
 	"github.com/coder/websocket/wsjson"
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/cc"
+	"github.com/pion/interceptor/pkg/gcc"
 	"github.com/pion/rtcp"
 	pion "github.com/pion/webrtc/v4"
 
@@ -57,7 +59,6 @@ type Options struct {
 // accepted signalling websocket to Serve.
 type Server struct {
 	opts Options
-	api  *pion.API
 }
 
 // New builds the transport. It fails only on a pion setup error.
@@ -77,30 +78,61 @@ func New(opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	// Build one API now so a pion setup error shows at start.
+	if _, _, err := newAPI(opts); err != nil {
+		return nil, err
+	}
+	return &Server{opts: opts}, nil
+}
+
+// newAPI builds the pion API for one peer connection: its own
+// congestion controller, whose estimator reports what the receiver can
+// take (Chrome sends transport-wide feedback, not REMB, so the estimate is
+// made here, by Google Congestion Control on the sender side).
+func newAPI(opts Options) (*pion.API, <-chan cc.BandwidthEstimator, error) {
 	me := &pion.MediaEngine{}
 	// VP8 only: it is what the host encoder makes, and every browser
 	// decodes it.
 	if err := me.RegisterCodec(pion.RTPCodecParameters{
 		RTPCodecCapability: pion.RTPCodecCapability{
 			MimeType: pion.MimeTypeVP8, ClockRate: 90000,
-			RTCPFeedback: []pion.RTCPFeedback{{Type: "goog-remb"}, {Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}},
+			RTCPFeedback: []pion.RTCPFeedback{{Type: "transport-cc"}, {Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}},
 		},
 		PayloadType: 96,
 	}, pion.RTPCodecTypeVideo); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ir := &interceptor.Registry{}
-	// NACK responder, RTCP reports and the REMB feedback the browser
-	// sends: lost packets are resent and the estimate reaches us.
+	// No pacer: frames are rare and a key frame should leave at once; the
+	// estimate is used to pick the encoder's bitrate instead.
+	ccf, err := cc.NewInterceptor(func() (cc.BandwidthEstimator, error) {
+		return gcc.NewSendSideBWE(gcc.SendSideBWEInitialBitrate(opts.Bitrate), gcc.SendSideBWEMaxBitrate(opts.Bitrate),
+			gcc.SendSideBWEPacer(gcc.NewNoOpPacer()))
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	est := make(chan cc.BandwidthEstimator, 1)
+	ccf.OnNewPeerConnection(func(_ string, e cc.BandwidthEstimator) {
+		select {
+		case est <- e:
+		default:
+		}
+	})
+	ir.Add(ccf)
+	if err := pion.ConfigureTWCCHeaderExtensionSender(me, ir); err != nil {
+		return nil, nil, err
+	}
+	// NACK responder and RTCP reports: lost packets are resent.
 	if err := pion.RegisterDefaultInterceptors(me, ir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	se := pion.SettingEngine{}
 	se.SetIncludeLoopbackCandidate(opts.LoopbackCandidates)
 	se.SetNetworkTypes([]pion.NetworkType{pion.NetworkTypeUDP4, pion.NetworkTypeUDP6})
 	// The browser cannot reach mDNS names of the daemon; plain addresses.
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	return &Server{opts: opts, api: pion.NewAPI(pion.WithMediaEngine(me), pion.WithInterceptorRegistry(ir), pion.WithSettingEngine(se))}, nil
+	return pion.NewAPI(pion.WithMediaEngine(me), pion.WithInterceptorRegistry(ir), pion.WithSettingEngine(se)), est, nil
 }
 
 // Metrics returns the transport's metrics.
@@ -157,7 +189,12 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 	}
 	defer rc.Close()
 
-	pc, err := s.api.NewPeerConnection(pion.Configuration{})
+	api, estimators, err := newAPI(s.opts)
+	if err != nil {
+		_ = ws.Close(websocket.StatusInternalError, "webrtc setup failed")
+		return err
+	}
+	pc, err := api.NewPeerConnection(pion.Configuration{})
 	if err != nil {
 		_ = ws.Close(websocket.StatusInternalError, "webrtc setup failed")
 		return err
@@ -189,6 +226,7 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 	}
 	go func() { cancel(p.capture(ctx)) }()
 	go s.readRTCP(ctx, sender, p)
+	go followEstimate(ctx, estimators, p)
 
 	in := &inputHandler{rfb: rc, viewOnly: viewOnly, metrics: m, log: log}
 	pc.OnDataChannel(func(dc *pion.DataChannel) {
@@ -209,11 +247,24 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 	// not lost, and runs until the view ends.
 	var startOnce sync.Once
 	pipeErr := make(chan error, 1)
+	// bg counts the encoder loop, so Serve returns only after it has
+	// stopped its ffmpeg (the caller's Close waits for Serve).
+	var bg sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		bg.Wait()
+	}()
 	pc.OnConnectionStateChange(func(st pion.PeerConnectionState) {
 		log.Debug("webrtc connection state", "state", st.String())
 		switch st {
 		case pion.PeerConnectionStateConnected:
-			startOnce.Do(func() { go func() { pipeErr <- p.run(ctx) }() })
+			startOnce.Do(func() {
+				bg.Add(1)
+				go func() {
+					defer bg.Done()
+					pipeErr <- p.run(ctx)
+				}()
+			})
 		case pion.PeerConnectionStateClosed:
 			cancel(errors.New("peer connection closed"))
 		}
@@ -309,31 +360,46 @@ func (s *Server) answer(pc *pion.PeerConnection, sdp string) (string, error) {
 }
 
 // readRTCP follows the receiver's feedback: a picture loss or full intra
-// request means it needs a key frame; REMB is its bandwidth estimate.
-// Encoder restarts are limited to one a second so a lossy link does not
-// turn into a stream of key frames.
+// request means it needs a key frame. Encoder restarts for it are limited
+// to one a second so a lossy link does not turn into a stream of key
+// frames.
 func (s *Server) readRTCP(ctx context.Context, sender *pion.RTPSender, p *pipeline) {
 	var lastRestart time.Time
 	for {
 		pkts, _, err := sender.ReadRTCP()
-		if err != nil {
-			return
-		}
-		if ctx.Err() != nil {
+		if err != nil || ctx.Err() != nil {
 			return
 		}
 		for _, pkt := range pkts {
-			switch pk := pkt.(type) {
+			switch pkt.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				if time.Since(lastRestart) > time.Second {
 					lastRestart = time.Now()
 					p.requestKeyFrame()
 				}
-			case *rtcp.ReceiverEstimatedMaximumBitrate:
-				if time.Since(lastRestart) > 5*time.Second && p.estimate(uint64(pk.Bitrate)) {
-					lastRestart = time.Now()
-				}
 			}
+		}
+	}
+}
+
+// followEstimate polls the congestion controller's target bitrate and
+// hands it to the pipeline, which restarts the encoder only on a large
+// change; the poll is slow (2 s) because each restart costs a key frame.
+func followEstimate(ctx context.Context, estimators <-chan cc.BandwidthEstimator, p *pipeline) {
+	var est cc.BandwidthEstimator
+	select {
+	case est = <-estimators:
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.estimate(uint64(max(est.GetTargetBitrate(), 0)))
 		}
 	}
 }

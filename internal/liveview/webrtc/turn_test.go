@@ -97,3 +97,50 @@ func TestTURNCredentials(t *testing.T) {
 		t.Fatal("credential of an ended session still allocates")
 	}
 }
+
+// TestTURNOverTCP: with TCP on, the same port takes TURN over TCP (for
+// networks that pass no UDP), with the same credentials.
+func TestTURNOverTCP(t *testing.T) {
+	srv, err := NewTURN(TURNConfig{
+		Listen: "127.0.0.1:0", TCP: true,
+		Alive: func(_ context.Context, s string) bool { return s == "sess-1" },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	if len(srv.urls) != 2 || !strings.HasSuffix(srv.urls[1], "?transport=tcp") {
+		t.Fatalf("urls %v, want a udp and a tcp one", srv.urls)
+	}
+	addr := strings.TrimSuffix(strings.TrimPrefix(srv.urls[1], "turn:"), "?transport=tcp")
+	try := func(user, pass string) error {
+		tc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		c, err := turn.NewClient(&turn.ClientConfig{TURNServerAddr: addr, STUNServerAddr: addr, Username: user, Password: pass, Realm: realm, Conn: turn.NewSTUNConn(tc), RTO: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		relay, err := c.AllocateWithContext(ctx)
+		if err == nil {
+			_ = relay.Close()
+		}
+		return err
+	}
+	good := srv.Credentials("sess-1", time.Minute)
+	if err := try(good.Username, good.Credential); err != nil {
+		t.Fatalf("allocation over TCP: %v", err)
+	}
+	bad := srv.Credentials("sess-2", time.Minute)
+	if err := try(bad.Username, bad.Credential); err == nil {
+		t.Fatal("credential of a session that is not alive allocated over TCP")
+	}
+}

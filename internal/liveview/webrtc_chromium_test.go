@@ -439,3 +439,46 @@ func TestWebRTCSignallingHelloAndSessionEnd(t *testing.T) {
 	}
 	r.assertNoSecrets(t)
 }
+
+// TestWebRTCSwitch: the page's switch moves a connected WebRTC view to
+// noVNC and back, each time ending the other transport's connection.
+func TestWebRTCSwitch(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	htestutil.Require(t, err == nil, "chromium is not installed (apt-get install chromium)")
+	r := newRTCEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	u := r.url("http", "sess-1", "", r.token("sess-1", false, time.Minute), url.Values{"ice": {"relay"}, "webrtc_timeout": {"15000"}})
+	dir := startChromium(t, chromium, "--window-size=800,600", "--autoplay-policy=no-user-gesture-required", u)
+	d, err := attachCDP(ctx, dir, "/live/sess-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.c.CloseNow()
+	gauge := func(tr string) float64 { return testutil.ToFloat64(r.metrics.Sessions.WithLabelValues(tr)) }
+	waitGauge := func(tr string, want float64) {
+		t.Helper()
+		for gauge(tr) != want {
+			if ctx.Err() != nil {
+				t.Fatalf("%s sessions %v, want %v", tr, gauge(tr), want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	d.waitJS(ctx, t, `!!window.hangarLiveView && hangarLiveView.transport === 'webrtc' && hangarLiveView.state === 'connected'`, "webrtc view connects")
+	if _, err := d.evalAsync(ctx, `document.getElementById('switch').click(), true`); err != nil {
+		t.Fatal(err)
+	}
+	d.waitJS(ctx, t, `hangarLiveView.transport === 'vnc' && hangarLiveView.state === 'connected' && !hangarLiveView.rtc`, "switch to noVNC")
+	waitGauge("webrtc", 0)
+	waitGauge("vnc", 1)
+	if _, err := d.evalAsync(ctx, `document.getElementById('switch').click(), true`); err != nil {
+		t.Fatal(err)
+	}
+	d.waitJS(ctx, t, `hangarLiveView.transport === 'webrtc' && hangarLiveView.state === 'connected' && !hangarLiveView.rfb`, "switch back to WebRTC")
+	waitGauge("vnc", 0)
+	waitGauge("webrtc", 1)
+	if f := testutil.ToFloat64(r.metrics.Fallbacks.WithLabelValues("connect")); f != 0 {
+		t.Fatalf("a switch by hand counted as %v fallbacks", f)
+	}
+}

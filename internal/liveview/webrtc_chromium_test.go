@@ -35,7 +35,9 @@ type rtcEnv struct {
 	pids []int
 }
 
-func newRTCEnv(t *testing.T) *rtcEnv {
+func newRTCEnv(t *testing.T) *rtcEnv { return newRTCEnvTB(t) }
+
+func newRTCEnvTB(t testing.TB) *rtcEnv {
 	t.Helper()
 	_, err := exec.LookPath("ffmpeg")
 	htestutil.Require(t, err == nil, "ffmpeg is not installed (apt-get install ffmpeg)")

@@ -94,6 +94,10 @@ export function startWebRTC({ screen, url, viewOnly, relayOnly, timeoutMs, onLos
         }
       });
       pc.addEventListener('track', (ev) => {
+        // Frames come only when the screen changes, so there is no steady
+        // stream for a jitter buffer to smooth: show each one at once.
+        try { ev.receiver.jitterBufferTarget = 0; } catch { /* older browsers */ }
+        if ('playoutDelayHint' in ev.receiver) ev.receiver.playoutDelayHint = 0;
         video = document.createElement('video');
         video.muted = true;
         video.autoplay = true;

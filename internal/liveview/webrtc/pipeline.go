@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"image"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
-	"github.com/pion/webrtc/v4/pkg/media"
+	"github.com/pion/rtp"
+	"github.com/pion/rtp/codecs"
 
 	"github.com/hangar-vm/hangar/internal/liveview/rfb"
 )
@@ -19,11 +21,15 @@ import (
 // that may die again on the same input.
 var errEncoderDied = errors.New("video encoder exited")
 
-// sampleWriter is the video track (an interface so the pipeline can be
+// rtpWriter is the video track (an interface so the pipeline can be
 // tested without a peer connection).
-type sampleWriter interface {
-	WriteSample(media.Sample) error
+type rtpWriter interface {
+	WriteRTP(*rtp.Packet) error
 }
+
+// rtpMTU keeps packets under common path MTUs after SRTP and TURN
+// framing.
+const rtpMTU = 1200
 
 // pipeline turns one RFB connection into VP8 samples on one track. It
 // reads the screen only as the server reports damage and encodes a frame
@@ -31,7 +37,7 @@ type sampleWriter interface {
 // page costs no frames at all.
 type pipeline struct {
 	rfb     *rfb.Client
-	track   sampleWriter
+	track   rtpWriter
 	cfg     encoderConfig
 	maxFPS  int
 	minRate int // lowest bitrate the estimate may push the encoder to
@@ -53,9 +59,14 @@ type pipeline struct {
 	restart chan struct{}
 	// started is closed once the first full screen is in.
 	started chan struct{}
+	// packetizer and clock belong to the track, not to one encoder, so
+	// sequence numbers and timestamps run on across restarts; only the
+	// forward goroutine of the current encoder uses them.
+	packetizer rtp.Packetizer
+	clock      rtpClock
 }
 
-func newPipeline(c *rfb.Client, track sampleWriter, cfg encoderConfig, maxFPS int, m *Metrics, log *slog.Logger) *pipeline {
+func newPipeline(c *rfb.Client, track rtpWriter, cfg encoderConfig, maxFPS int, m *Metrics, log *slog.Logger) *pipeline {
 	cfg.width, cfg.height = c.Width, c.Height
 	return &pipeline{
 		rfb: c, track: track, cfg: cfg, maxFPS: maxFPS,
@@ -65,6 +76,9 @@ func newPipeline(c *rfb.Client, track sampleWriter, cfg encoderConfig, maxFPS in
 		damage:  make(chan struct{}, 1),
 		restart: make(chan struct{}, 1),
 		started: make(chan struct{}),
+		// Payload type and SSRC are set by the track for each binding.
+		packetizer: rtp.NewPacketizer(rtpMTU, 0, 0, &codecs.VP8Payloader{EnablePictureID: true}, rtp.NewRandomSequencer(), 90000),
+		clock:      rtpClock{start: time.Now(), base: rand.Uint32()},
 	}
 }
 
@@ -219,14 +233,17 @@ func (p *pipeline) run(ctx context.Context) error {
 	}
 }
 
-// forward copies encoded frames to the track until the encoder's output
-// ends. Each sample lasts until the next one: frames come only on damage,
-// so durations follow the wall clock rather than a fixed rate.
+// forward packetizes encoded frames onto the track until the encoder's
+// output ends. Each frame's RTP timestamp is the wall-clock time it came
+// out of the encoder. (pion's sample track advances the timestamp after a
+// frame by that frame's duration, which is unknown when frames come only
+// on damage; guessing it made the browser's jitter buffer see seconds of
+// jitter after every idle spell and hold frames for hundreds of
+// milliseconds.)
 func (p *pipeline) forward(enc *encoder, writes chan time.Time) error {
 	if err := enc.readHeader(); err != nil {
 		return err
 	}
-	var prev encodedFrame
 	for {
 		f, err := enc.read()
 		if err != nil {
@@ -237,15 +254,25 @@ func (p *pipeline) forward(enc *encoder, writes chan time.Time) error {
 			p.metrics.EncodeSeconds.Observe(f.at.Sub(w).Seconds())
 		default:
 		}
-		d := time.Second / time.Duration(max(p.maxFPS, 1))
-		if !prev.at.IsZero() {
-			d = f.at.Sub(prev.at)
-		}
-		if err := p.track.WriteSample(media.Sample{Data: f.data, Duration: d}); err != nil {
-			return err
+		ts := p.clock.timestamp(f.at)
+		for _, pkt := range p.packetizer.Packetize(f.data, 0) {
+			pkt.Timestamp = ts
+			if err := p.track.WriteRTP(pkt); err != nil {
+				return err
+			}
 		}
 		p.metrics.Frames.Inc()
 		p.metrics.Bytes.Add(float64(len(f.data)))
-		prev = f
 	}
+}
+
+// rtpClock maps wall-clock times to 90 kHz RTP timestamps from a random
+// origin (RFC 3550 wants one), continuous across encoder restarts.
+type rtpClock struct {
+	start time.Time
+	base  uint32
+}
+
+func (c rtpClock) timestamp(t time.Time) uint32 {
+	return c.base + uint32(t.Sub(c.start)*90/time.Millisecond)
 }

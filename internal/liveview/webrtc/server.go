@@ -200,7 +200,7 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 		return err
 	}
 	defer pc.Close()
-	track, err := pion.NewTrackLocalStaticSample(pion.RTPCodecCapability{MimeType: pion.MimeTypeVP8}, "screen", "hangar")
+	track, err := pion.NewTrackLocalStaticRTP(pion.RTPCodecCapability{MimeType: pion.MimeTypeVP8, ClockRate: 90000}, "screen", "hangar")
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,10 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 	send := func(msg message) error {
 		wmu.Lock()
 		defer wmu.Unlock()
-		wctx, c := context.WithTimeout(ctx, 10*time.Second)
+		// Not ctx: the websocket library drops the connection without a
+		// close frame when an operation's context is cancelled, and the
+		// caller closes with a status that tells the page why.
+		wctx, c := context.WithTimeout(context.Background(), 10*time.Second)
 		defer c()
 		return wsjson.Write(wctx, ws, msg)
 	}
@@ -283,7 +286,8 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 	go func() {
 		for {
 			var msg message
-			if err := wsjson.Read(ctx, ws, &msg); err != nil {
+			// Ends when ws is closed (see send on why not ctx).
+			if err := wsjson.Read(context.Background(), ws, &msg); err != nil {
 				cancel(fmt.Errorf("signalling: %w", err))
 				return
 			}

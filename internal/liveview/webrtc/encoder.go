@@ -65,6 +65,8 @@ func (c encoderConfig) args() []string {
 		"-f", "rawvideo", "-pix_fmt", "rgba",
 		"-s", strconv.Itoa(c.width) + "x" + strconv.Itoa(c.height),
 		"-r", strconv.Itoa(c.fps), "-i", "pipe:0",
+		// 4:2:0 needs even sizes; an odd screen gets a one-pixel border.
+		"-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
 		"-c:v", "libvpx", "-pix_fmt", "yuv420p",
 		// Realtime with no look-ahead: each frame written comes out
 		// encoded before the next is read, which is what keeps the

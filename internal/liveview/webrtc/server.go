@@ -157,6 +157,10 @@ type message struct {
 	Reason     string                 `json:"reason,omitempty"`
 }
 
+// maxPixels bounds the guest's screen (4K UHD): three RGBA copies of it
+// are about 100 MB.
+const maxPixels = 3840 * 2160
+
 // maxSignalBytes bounds one signalling message (an SDP offer is a few KB).
 const maxSignalBytes = 64 << 10
 
@@ -188,6 +192,12 @@ func (s *Server) Serve(ctx context.Context, ws *websocket.Conn, sessionID string
 		return err
 	}
 	defer rc.Close()
+	// The guest announces the screen size; the pipeline keeps three
+	// copies of it, so a hostile or broken guest must not pick it.
+	if rc.Width < 16 || rc.Height < 16 || rc.Width*rc.Height > maxPixels {
+		_ = ws.Close(websocket.StatusInternalError, "unsupported screen size")
+		return fmt.Errorf("vnc screen %dx%d outside what the encoder takes", rc.Width, rc.Height)
+	}
 
 	api, estimators, err := newAPI(s.opts)
 	if err != nil {

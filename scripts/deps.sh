@@ -4,10 +4,11 @@
 # missing). "test" adds what the test suite needs on top (Postgres,
 # Chromium for the dashboard and live-view tests, a static busybox for the
 # agent's own test image, python3 for the stand-in servers of the network
-# tests).
+# tests). ffmpeg (libvpx) is the live view's WebRTC encoder: the daemon
+# runs it, so it is in both lists.
 set -eu
 pkgs="qemu-system-x86 qemu-utils debootstrap linux-source-6.1 build-essential bc flex bison
-libelf-dev libssl-dev cpio xz-utils zstd e2fsprogs iproute2 nftables ca-certificates"
+libelf-dev libssl-dev cpio xz-utils zstd e2fsprogs iproute2 nftables ca-certificates ffmpeg"
 if [ "${1:-}" = test ]; then
 	pkgs="$pkgs postgresql chromium chromium-driver busybox-static python3"
 fi

@@ -99,6 +99,8 @@ type Config struct {
 	ReconcileInterval Duration `json:"reconcile_interval"`
 	// Network configures the per-VM network slots.
 	Network Network `json:"network"`
+	// WebRTC configures the live view's second transport.
+	WebRTC WebRTC `json:"webrtc"`
 
 	// PublicURL is the daemon's address as users reach it (the dev
 	// provider's URL shown in paste mode names it); empty means
@@ -221,7 +223,49 @@ func Default() Config {
 				"browser": {Mode: "full"},
 			},
 		},
+		WebRTC: WebRTC{
+			Enabled: true,
+			Bitrate: 1_500_000,
+			MaxFPS:  25,
+			TURN:    TURN{Mode: "auto", TCP: true, MaxAllocationsPerSession: 4},
+		},
 	}
+}
+
+// WebRTC configures the live view's WebRTC transport: the daemon encodes
+// the login VM's screen itself (ffmpeg) and streams it with pion/webrtc,
+// with an embedded TURN server for viewers that cannot reach the daemon's
+// UDP ports directly.
+type WebRTC struct {
+	// Enabled offers WebRTC on the viewer page (noVNC stays the fallback).
+	Enabled bool `json:"enabled"`
+	// FFmpeg is the encoder binary; empty means ffmpeg in PATH.
+	FFmpeg string `json:"ffmpeg"`
+	// Bitrate is the video target in bits per second.
+	Bitrate int `json:"bitrate"`
+	// MaxFPS caps frames a second while the screen changes.
+	MaxFPS int `json:"max_fps"`
+	// TURN configures the embedded TURN/STUN server.
+	TURN TURN `json:"turn"`
+}
+
+// TURN configures the embedded TURN/STUN server.
+type TURN struct {
+	// Mode is auto (on unless the daemon listens on loopback, where every
+	// viewer is local and needs no relay), on or off.
+	Mode string `json:"mode"`
+	// Listen is the UDP (and TCP) address; empty means the daemon's
+	// listen host, port 3478.
+	Listen string `json:"listen"`
+	// TCP adds a TURN-over-TCP listener on the same address.
+	TCP bool `json:"tcp"`
+	// PublicIP is the relay address browsers are told; empty means the
+	// listen host, which must then be a specific address.
+	PublicIP string `json:"public_ip"`
+	// RelayPorts is the relay port range "min-max"; empty means any.
+	RelayPorts string `json:"relay_ports"`
+	// MaxAllocationsPerSession caps relays per live-view session.
+	MaxAllocationsPerSession int `json:"max_allocations_per_session"`
 }
 
 // Duration is a time.Duration written as "15s" in JSON and the environment.
@@ -386,6 +430,14 @@ var envVars = []struct {
 	}},
 	{"HANGAR_NETWORK_PREFIX", func(c *Config, v string) error { c.Network.Prefix = v; return nil }},
 	{"HANGAR_NETWORK_HOST_NETNS", func(c *Config, v string) error { c.Network.HostNetNS = v; return nil }},
+	{"HANGAR_WEBRTC", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		c.WebRTC.Enabled = b
+		return err
+	}},
+	{"HANGAR_TURN", func(c *Config, v string) error { c.WebRTC.TURN.Mode = v; return nil }},
+	{"HANGAR_TURN_LISTEN", func(c *Config, v string) error { c.WebRTC.TURN.Listen = v; return nil }},
+	{"HANGAR_TURN_PUBLIC_IP", func(c *Config, v string) error { c.WebRTC.TURN.PublicIP = v; return nil }},
 }
 
 // LoadEnv overlays HANGAR_* variables from lookup (os.LookupEnv in the
@@ -532,6 +584,7 @@ func (c *Config) Validate() error {
 	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
 		errs = append(errs, fmt.Errorf("public_url %q must start with http:// or https://", c.PublicURL))
 	}
+	errs = append(errs, c.WebRTC.validate()...)
 	if time.Duration(c.ReconcileInterval) < time.Second {
 		errs = append(errs, errors.New("reconcile_interval must be at least 1s"))
 	}
@@ -571,4 +624,48 @@ func durationEnv(at func(*Config) *Duration) func(*Config, string) error {
 		*at(c) = Duration(d)
 		return err
 	}
+}
+
+func (w WebRTC) validate() []error {
+	var errs []error
+	if w.Bitrate < 100_000 || w.Bitrate > 50_000_000 {
+		errs = append(errs, errors.New("webrtc.bitrate must be 100000 to 50000000 bits per second"))
+	}
+	if w.MaxFPS < 1 || w.MaxFPS > 60 {
+		errs = append(errs, errors.New("webrtc.max_fps must be 1 to 60"))
+	}
+	switch w.TURN.Mode {
+	case "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("webrtc.turn.mode %q: want auto, on or off", w.TURN.Mode))
+	}
+	if w.TURN.Listen != "" {
+		if _, _, err := net.SplitHostPort(w.TURN.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("webrtc.turn.listen %q: %w", w.TURN.Listen, err))
+		}
+	}
+	if w.TURN.PublicIP != "" && net.ParseIP(w.TURN.PublicIP) == nil {
+		errs = append(errs, fmt.Errorf("webrtc.turn.public_ip %q is not an IP address", w.TURN.PublicIP))
+	}
+	if _, _, err := w.TURN.RelayPortRange(); err != nil {
+		errs = append(errs, err)
+	}
+	if w.TURN.MaxAllocationsPerSession < 1 {
+		errs = append(errs, errors.New("webrtc.turn.max_allocations_per_session must be at least 1"))
+	}
+	return errs
+}
+
+// RelayPortRange parses RelayPorts; 0, 0 means any port.
+func (t TURN) RelayPortRange() (uint16, uint16, error) {
+	if t.RelayPorts == "" {
+		return 0, 0, nil
+	}
+	lo, hi, ok := strings.Cut(t.RelayPorts, "-")
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || a == 0 || a > b {
+		return 0, 0, fmt.Errorf("webrtc.turn.relay_ports %q: want min-max, like 49160-49200", t.RelayPorts)
+	}
+	return uint16(a), uint16(b), nil
 }

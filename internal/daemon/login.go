@@ -37,10 +37,17 @@ func (d *Daemon) setupLogins(ctx context.Context, log *slog.Logger) error {
 	d.logins = login.NewManager(login.Config{DestroyTaskKind: vm.DestroyTaskKind, HeartbeatTimeout: time.Duration(d.cfg.LoginHeartbeatTimeout)}, d.store, d.bus, d.vms, d.runner, keys, signer, recipes, dev, log.With("component", "login"))
 	d.api.MountAuth(d.logins)
 
+	alive := func(_ context.Context, id string) bool { return d.logins.Alive(id) }
+	rtc, lvMetrics, err := d.setupWebRTC(log, alive)
+	if err != nil {
+		return err
+	}
 	lv := liveview.Handler(liveview.Options{
-		Signer: signer,
-		Log:    log.With("component", "liveview"),
-		Alive:  func(_ context.Context, id string) bool { return d.logins.Alive(id) },
+		WebRTC:  rtc,
+		Metrics: lvMetrics,
+		Signer:  signer,
+		Log:     log.With("component", "liveview"),
+		Alive:   alive,
 		Dial: func(ctx context.Context, sessionID string, c liveview.Claims) (net.Conn, error) {
 			vmID, err := d.logins.LiveVM(ctx, sessionID, c.OwnerID)
 			if err != nil {

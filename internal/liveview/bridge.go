@@ -135,6 +135,10 @@ func (s *Server) bridge(b *bridge, c *websocket.Conn, vnc net.Conn, session stri
 	start := time.Now()
 	log := s.log.With("session_id", session, "owner_id", claims.OwnerID, "view_only", viewOnly, "remote", remote)
 	log.Info("live view connected")
+	if m := s.opts.Metrics; m != nil {
+		m.Sessions.WithLabelValues("vnc").Inc()
+		defer m.Sessions.WithLabelValues("vnc").Dec()
+	}
 
 	// The websocket library closes a connection without a close frame when
 	// a read or write context is cancelled, so the copies use a context that

@@ -155,7 +155,7 @@ func TestViewerKeyboardAndMouseInChromium(t *testing.T) {
 // fresh profile and returns the profile directory. Cleanup kills the whole
 // group (Chromium's helpers outlive a killed browser process and keep
 // writing to the profile) and then removes the profile.
-func startChromium(t *testing.T, chromium string, args ...string) string {
+func startChromium(t testing.TB, chromium string, args ...string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "liveview-chromium-")
 	if err != nil {

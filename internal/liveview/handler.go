@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hangar-vm/hangar/internal/liveview/webrtc"
 	"github.com/hangar-vm/hangar/web/novnc"
 )
 
@@ -68,12 +69,19 @@ type Options struct {
 	// allowed; set this only when the viewer page is served from another
 	// host name than the websocket (a reverse proxy rewriting Host).
 	OriginPatterns []string
+	// WebRTC, when set, serves /live/{session}/webrtc and makes the page
+	// try WebRTC before noVNC.
+	WebRTC *webrtc.Server
+	// Metrics, when set, counts VNC views (transport="vnc").
+	Metrics *webrtc.Metrics
 }
 
 // Server is the live-view handler. It serves, under Prefix:
 //
 //	GET /live/{session}?token=…[&view_only=1]  viewer page (HTML)
 //	GET /live/{session}/ws?token=…[&view_only=1]  websocket ↔ VNC
+//	GET /live/{session}/webrtc?token=…[&view_only=1]  WebRTC signalling
+//	    websocket (when Options.WebRTC is set)
 //	GET /live/novnc/…  vendored noVNC modules
 //	GET /live/static/…  the viewer's own script and style
 //	GET /live/v/{version}/novnc/…, /live/v/{version}/static/…  the same,
@@ -244,6 +252,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.servePage(w, r, session)
 	case "ws":
 		s.serveWS(w, r, session)
+	case "webrtc":
+		s.serveWebRTC(w, r, session)
 	default:
 		http.NotFound(w, r)
 	}
@@ -323,6 +333,7 @@ type pageData struct {
 	Version  string
 	Session  string
 	ViewOnly bool
+	WebRTC   bool
 	Error    string
 }
 
@@ -341,7 +352,7 @@ func (s *Server) servePage(w http.ResponseWriter, r *http.Request, session strin
 	if r.Method == http.MethodHead {
 		return
 	}
-	if err := s.page.Execute(w, pageData{Version: s.version, Session: session, ViewOnly: viewOnly}); err != nil {
+	if err := s.page.Execute(w, pageData{Version: s.version, Session: session, ViewOnly: viewOnly, WebRTC: s.opts.WebRTC != nil}); err != nil {
 		s.log.Debug("live view page write failed", "session_id", session, "err", err)
 	}
 }

@@ -26,7 +26,7 @@ import (
 // server, with every issued token remembered so the logs can be checked
 // for them.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	lv     *Server
 	http   *httptest.Server
 	signer *Signer
@@ -48,7 +48,7 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.e.logs.Write(p)
 }
 
-func newEnv(t *testing.T, mutate func(*Options)) *env {
+func newEnv(t testing.TB, mutate func(*Options)) *env {
 	t.Helper()
 	e := &env{t: t, signer: NewSigner(), vnc: rfbtest.New(320, 200, "fake browser")}
 	e.alive.Store(true)

@@ -18,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	"github.com/hangar-vm/hangar/internal/config"
 	"github.com/hangar-vm/hangar/internal/daemon"
 	"github.com/hangar-vm/hangar/internal/testutil"
 	"github.com/hangar-vm/hangar/pkg/api"
@@ -397,7 +398,9 @@ func loginSessionsMounted(t *testing.T, h *harness) bool {
 // Disconnect on the page (after confirmation) deletes the credentials.
 // Before that, a first login is cancelled from the panel.
 func TestDashboardConnectDev(t *testing.T) {
-	h := startDaemon(t, nil)
+	// This test types into noVNC's canvas; the live view would pick
+	// WebRTC when ffmpeg is installed (internal/liveview tests that path).
+	h := startDaemon(t, func(c *config.Config) { c.WebRTC.Enabled = false })
 	if !loginSessionsMounted(t, h) {
 		t.Skip("login sessions not yet mounted")
 	}

@@ -412,20 +412,83 @@ func clampU16(v int) uint16 {
 	return uint16(v)
 }
 
+// setRaw switches the connection to 32-bit true colour and Raw only, once.
+// rmu must be held.
+func (c *Client) setRaw(ctx context.Context) error {
+	if c.formatSet {
+		return nil
+	}
+	if err := c.SetPixelFormat(ctx, screenshotFormat); err != nil {
+		return err
+	}
+	if err := c.SetEncodings(ctx, 0); err != nil {
+		return err
+	}
+	c.formatSet = true
+	return nil
+}
+
+// ReadUpdate asks for the screen (only what changed since the last update
+// when incremental) and draws the next FramebufferUpdate into img, which
+// must be Width×Height; it returns the damaged rectangles. An incremental
+// request is answered only when something changes, so ReadUpdate blocks
+// until then or until ctx ends: a static screen costs no traffic. This is
+// what the host-side WebRTC encoder keeps its copy of the screen with.
+func (c *Client) ReadUpdate(ctx context.Context, img *image.RGBA, incremental bool) ([]image.Rectangle, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if err := c.setRaw(ctx); err != nil {
+		return nil, err
+	}
+	if img.Rect != image.Rect(0, 0, c.Width, c.Height) {
+		return nil, fmt.Errorf("rfb: image %v for a %dx%d screen", img.Rect, c.Width, c.Height)
+	}
+	if err := c.FramebufferUpdateRequest(ctx, incremental, 0, 0, c.Width, c.Height); err != nil {
+		return nil, err
+	}
+	var rects []image.Rectangle
+	err := c.io(ctx, func() error {
+		for {
+			t, err := c.br.Peek(1)
+			if err != nil {
+				return err
+			}
+			if t[0] != 0 {
+				// Bell, cut text, colour map: not pixels.
+				if _, err := c.readServerMessage(img, nil); err != nil {
+					return err
+				}
+				continue
+			}
+			var hdr [4]byte
+			if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+				return err
+			}
+			n := int(binary.BigEndian.Uint16(hdr[2:]))
+			for range n {
+				_, r, err := c.readRect(img, nil)
+				if err != nil {
+					return err
+				}
+				rects = append(rects, r)
+			}
+			return nil
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rfb update: %w", err)
+	}
+	return rects, nil
+}
+
 // Screenshot asks for the whole screen (non-incremental, Raw encoding) and
 // reads updates until every pixel has arrived. The first call switches the
 // connection to 32-bit true colour and Raw only.
 func (c *Client) Screenshot(ctx context.Context) (*image.RGBA, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	if !c.formatSet {
-		if err := c.SetPixelFormat(ctx, screenshotFormat); err != nil {
-			return nil, err
-		}
-		if err := c.SetEncodings(ctx, 0); err != nil {
-			return nil, err
-		}
-		c.formatSet = true
+	if err := c.setRaw(ctx); err != nil {
+		return nil, err
 	}
 	if err := c.FramebufferUpdateRequest(ctx, false, 0, 0, c.Width, c.Height); err != nil {
 		return nil, err
@@ -465,7 +528,7 @@ func (c *Client) readServerMessage(img *image.RGBA, covered []bool) (int, error)
 		nrects := int(binary.BigEndian.Uint16(hdr[1:]))
 		fresh := 0
 		for i := 0; i < nrects; i++ {
-			n, err := c.readRect(img, covered)
+			n, _, err := c.readRect(img, covered)
 			if err != nil {
 				return fresh, err
 			}
@@ -497,33 +560,39 @@ func (c *Client) readServerMessage(img *image.RGBA, covered []bool) (int, error)
 	}
 }
 
-func (c *Client) readRect(img *image.RGBA, covered []bool) (int, error) {
+// readRect reads one Raw rectangle into img. covered, when not nil, marks
+// the pixels seen so far (Screenshot's bookkeeping).
+func (c *Client) readRect(img *image.RGBA, covered []bool) (int, image.Rectangle, error) {
 	var hdr [12]byte
 	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-		return 0, err
+		return 0, image.Rectangle{}, err
 	}
 	x := int(binary.BigEndian.Uint16(hdr[0:]))
 	y := int(binary.BigEndian.Uint16(hdr[2:]))
 	w := int(binary.BigEndian.Uint16(hdr[4:]))
 	h := int(binary.BigEndian.Uint16(hdr[6:]))
 	enc := int32(binary.BigEndian.Uint32(hdr[8:]))
+	r := image.Rect(x, y, x+w, y+h)
 	if enc != 0 {
-		return 0, fmt.Errorf("%w: rectangle encoding %d (asked for Raw only)", ErrUnsupported, enc)
+		return 0, r, fmt.Errorf("%w: rectangle encoding %d (asked for Raw only)", ErrUnsupported, enc)
 	}
 	if x+w > c.Width || y+h > c.Height {
-		return 0, fmt.Errorf("rfb: rectangle %dx%d+%d+%d outside the %dx%d screen", w, h, x, y, c.Width, c.Height)
+		return 0, r, fmt.Errorf("rfb: rectangle %dx%d+%d+%d outside the %dx%d screen", w, h, x, y, c.Width, c.Height)
 	}
 	row := make([]byte, 4*w)
 	fresh := 0
 	for j := 0; j < h; j++ {
 		if _, err := io.ReadFull(c.br, row); err != nil {
-			return fresh, err
+			return fresh, r, err
 		}
 		off := img.PixOffset(x, y+j)
 		for i := 0; i < w; i++ {
 			// Little-endian 0x00RRGGBB: B, G, R, X.
 			p := img.Pix[off+4*i : off+4*i+4 : off+4*i+4]
 			p[0], p[1], p[2], p[3] = row[4*i+2], row[4*i+1], row[4*i], 0xff
+			if covered == nil {
+				continue
+			}
 			k := (y+j)*c.Width + x + i
 			if !covered[k] {
 				covered[k] = true
@@ -531,5 +600,5 @@ func (c *Client) readRect(img *image.RGBA, covered []bool) (int, error) {
 			}
 		}
 	}
-	return fresh, nil
+	return fresh, r, nil
 }

@@ -47,14 +47,40 @@ func (m Message) Encodings() []int32 {
 type Server struct {
 	Width, Height int
 	Name          string
-	// Pixel is the colour of each screen pixel.
+	// Pixel is the colour of each screen pixel. Set it before serving;
+	// change the screen of a running server with SetScreen.
 	Pixel func(x, y int) color.RGBA
 
-	// mu guards msgs, conns and changed.
+	// mu guards msgs, conns, changed, Pixel (once serving), gen and
+	// screen.
 	mu      sync.Mutex
 	msgs    []Message
 	conns   int
 	changed chan struct{}
+	// gen counts SetScreen calls; screen is closed and replaced at each,
+	// waking connections with an incremental request outstanding.
+	gen    int
+	screen chan struct{}
+}
+
+// SetScreen replaces the screen's contents. Clients waiting on an
+// incremental update request get the whole screen as the damaged region
+// (the fake does not track damage more finely than that).
+func (s *Server) SetScreen(pixel func(x, y int) color.RGBA) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Pixel = pixel
+	s.gen++
+	close(s.screen)
+	s.screen = make(chan struct{})
+}
+
+// snapshot returns the current screen, its generation and the channel
+// closed at its next change.
+func (s *Server) snapshot() (func(x, y int) color.RGBA, int, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Pixel, s.gen, s.screen
 }
 
 // New makes a server with a w×h screen of horizontal colour bands, so a
@@ -66,6 +92,7 @@ func New(w, h int, name string) *Server {
 			return color.RGBA{R: uint8(x), G: uint8(y), B: uint8((x + y) / 2), A: 0xff}
 		},
 		changed: make(chan struct{}),
+		screen:  make(chan struct{}),
 	}
 }
 
@@ -163,7 +190,46 @@ func (s *Server) Serve(conn net.Conn) error {
 	s.conns++
 	s.mu.Unlock()
 
+	// wmu serializes writes to conn and guards format and sent (the
+	// generation of the screen last sent in full).
+	var wmu sync.Mutex
 	format := [16]byte(si[4:20])
+	_, sent, _ := s.snapshot()
+	// An incremental request waits for the next SetScreen in its own
+	// goroutine, as a real server waits for damage while reading input.
+	incremental := make(chan []byte, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			var req []byte
+			select {
+			case req = <-incremental:
+			case <-done:
+				return
+			}
+			for {
+				pixel, gen, next := s.snapshot()
+				wmu.Lock()
+				if gen != sent {
+					sent = gen
+					err := s.sendUpdate(conn, format, req, pixel)
+					wmu.Unlock()
+					if err != nil {
+						_ = conn.Close()
+						return
+					}
+					break
+				}
+				wmu.Unlock()
+				select {
+				case <-next:
+				case <-done:
+					return
+				}
+			}
+		}
+	}()
 	for {
 		m, err := readMessage(br)
 		if err != nil {
@@ -175,14 +241,26 @@ func (s *Server) Serve(conn net.Conn) error {
 		s.record(m)
 		switch m.Type {
 		case 0:
+			wmu.Lock()
 			copy(format[:], m.Bytes[4:20])
+			wmu.Unlock()
 		case 3:
 			if m.Bytes[1] != 0 {
-				// Incremental: the screen never changes, so there is
-				// nothing to send (as a real server would wait).
+				// Incremental: answered when the screen next changes. A
+				// newer request replaces one still waiting.
+				select {
+				case <-incremental:
+				default:
+				}
+				incremental <- m.Bytes
 				continue
 			}
-			if err := s.sendUpdate(conn, format, m.Bytes); err != nil {
+			pixel, gen, _ := s.snapshot()
+			wmu.Lock()
+			sent = gen
+			err := s.sendUpdate(conn, format, m.Bytes, pixel)
+			wmu.Unlock()
+			if err != nil {
 				return err
 			}
 		}
@@ -244,7 +322,7 @@ func readMessage(br *bufio.Reader) (Message, error) {
 
 // sendUpdate answers a FramebufferUpdateRequest with one Raw rectangle in
 // the client's pixel format (32 bpp true colour only).
-func (s *Server) sendUpdate(w io.Writer, pf [16]byte, req []byte) error {
+func (s *Server) sendUpdate(w io.Writer, pf [16]byte, req []byte, pixel func(x, y int) color.RGBA) error {
 	if pf[0] != 32 || pf[3] == 0 {
 		return fmt.Errorf("%w: pixel format %v (only 32 bpp true colour)", errClient, pf)
 	}
@@ -268,7 +346,7 @@ func (s *Server) sendUpdate(w io.Writer, pf [16]byte, req []byte) error {
 	var px [4]byte
 	for j := y; j < y+rh; j++ {
 		for i := x; i < x+rw; i++ {
-			c := s.Pixel(i, j)
+			c := pixel(i, j)
 			v := uint32(c.R)*uint32(rmax)/255<<rs | uint32(c.G)*uint32(gmax)/255<<gs | uint32(c.B)*uint32(bmax)/255<<bs
 			if bigEndian {
 				binary.BigEndian.PutUint32(px[:], v)

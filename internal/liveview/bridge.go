@@ -71,20 +71,23 @@ func (s *Server) unregister(session string, b *bridge) {
 
 var errTooManyViewers = errors.New("too many viewers for this session")
 
-func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, session string) {
+// admit is the start both transports share: GET only, the token and the
+// session's liveness (authorize), then a place among the session's viewers.
+// The bridge outlives the request's context (the connection is hijacked),
+// so it hangs off the server's. When ok is false the answer was written;
+// otherwise the caller unregisters b and cancels it when done.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, session string) (claims Claims, viewOnly bool, b *bridge, ok bool) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
+		return claims, false, nil, false
 	}
-	claims, viewOnly, ok := s.authorize(w, r, session, false)
+	claims, viewOnly, ok = s.authorize(w, r, session, false)
 	if !ok {
-		return
+		return claims, false, nil, false
 	}
-	// The bridge outlives the request's context (the connection is
-	// hijacked), so it hangs off the server's.
 	ctx, cancel := context.WithCancelCause(s.ctx)
-	b := &bridge{ctx: ctx, cancel: cancel}
+	b = &bridge{ctx: ctx, cancel: cancel}
 	if err := s.register(session, b); err != nil {
 		cancel(err)
 		status := http.StatusTooManyRequests
@@ -92,10 +95,19 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, session string)
 			status = http.StatusServiceUnavailable
 		}
 		http.Error(w, err.Error(), status)
+		return claims, false, nil, false
+	}
+	return claims, viewOnly, b, true
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request, session string) {
+	claims, viewOnly, b, ok := s.admit(w, r, session)
+	if !ok {
 		return
 	}
 	defer s.unregister(session, b)
-	defer cancel(nil)
+	defer b.cancel(nil)
+	ctx := b.ctx
 
 	// Dial before upgrading, so a VM that cannot be reached is an HTTP
 	// error the browser (and the log) can see, not a websocket that opens

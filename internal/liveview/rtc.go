@@ -2,7 +2,6 @@ package liveview
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"time"
@@ -20,28 +19,13 @@ func (s *Server) serveWebRTC(w http.ResponseWriter, r *http.Request, session str
 		http.NotFound(w, r)
 		return
 	}
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	claims, viewOnly, ok := s.authorize(w, r, session, false)
+	claims, viewOnly, b, ok := s.admit(w, r, session)
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithCancelCause(s.ctx)
-	b := &bridge{ctx: ctx, cancel: cancel}
-	if err := s.register(session, b); err != nil {
-		cancel(err)
-		status := http.StatusTooManyRequests
-		if errors.Is(err, errShuttingDown) {
-			status = http.StatusServiceUnavailable
-		}
-		http.Error(w, err.Error(), status)
-		return
-	}
 	defer s.unregister(session, b)
-	defer cancel(nil)
+	defer b.cancel(nil)
+	ctx := b.ctx
 
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})

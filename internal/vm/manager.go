@@ -434,25 +434,22 @@ func (m *Manager) boot(ctx context.Context, id string) error {
 	if err := os.MkdirAll(m.logDir(id), 0o700); err != nil {
 		return fmt.Errorf("create log dir: %w", err)
 	}
-	upper := proto.UpperTmpfs
 	upperDisk := ""
 	if v.Kind != api.KindBrowser {
 		// Persistent VMs keep their changes on a sparse ext4 disk made
-		// once; a restart reuses it.
+		// once (the agent mounts it as /dev/vdb); a restart reuses it.
 		upperDisk = filepath.Join(runDir, "upper.ext4")
 		if err := ensureUpperDisk(ctx, upperDisk, m.cfg.UpperDiskMiB); err != nil {
 			return err
 		}
-		upper = "/dev/vdb"
 	}
 	token, err := proto.NewToken()
 	if err != nil {
 		return err
 	}
-	params := proto.Params{Token: token, Upper: upper, Hostname: strings.ReplaceAll(id, "_", "-"), Link: proto.LinkVirtioSerial}
-	if m.driver.Name() == "firecracker" {
-		params.Link = proto.LinkVsock
-	}
+	// One place decides the agent's parameters: a restore from a
+	// hibernation or template must pass the same ones.
+	params := bootParams(id, v.Kind, token, m.driver.Name())
 	spec := vmm.Spec{
 		ID: strings.ReplaceAll(id, "_", "-"), RunDir: runDir, KernelPath: bi.Kernel, Init: vmm.DefaultInit,
 		KernelArgs: proto.KernelArgs(params), BaseDisk: bi.Rootfs, UpperDisk: upperDisk,

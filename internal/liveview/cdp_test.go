@@ -43,12 +43,17 @@ func attachCDP(ctx context.Context, dir, urlPart string) (*cdp, error) {
 			Type, URL            string
 			WebSocketDebuggerURL string `json:"webSocketDebuggerUrl"`
 		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+port+"/json/list", nil)
+		// Each look has its own short deadline: on a loaded host one
+		// request to a Chromium still starting can hang (seen in CI, a
+		// whole minute), and the next one answers.
+		lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+		req, _ := http.NewRequestWithContext(lctx, http.MethodGet, "http://127.0.0.1:"+port+"/json/list", nil)
 		res, err := http.DefaultClient.Do(req)
 		if err == nil {
 			err = json.NewDecoder(res.Body).Decode(&targets)
 			res.Body.Close()
 		}
+		lcancel()
 		for _, t := range targets {
 			if t.Type == "page" && strings.Contains(t.URL, urlPart) {
 				c, _, err := websocket.Dial(ctx, t.WebSocketDebuggerURL, nil)

@@ -542,10 +542,18 @@ func (m *Manager) VMReady(v api.VM, reattached bool) {
 	if v.Kind != api.KindCLI || v.Purpose != api.PurposeWorkspace {
 		return
 	}
+	// Forget what was delivered over an earlier link (before a reboot or a
+	// daemon restart), but not what a prompt already delivered over this
+	// one: this can run after a prompt that was waiting for the VM took
+	// the credential, and resetting it then would make the prompt's
+	// refreshed token look stale (not synced back) and be overwritten.
+	cur, _ := m.vms.Agent(context.Background(), v.ID)
 	for p := range m.recipes {
 		d := m.delivery(v.ID, p)
 		d.mu.Lock()
-		d.version, d.agent, d.fresh = 0, nil, !reattached
+		if cur == nil || d.agent != cur {
+			d.version, d.agent, d.fresh = 0, nil, !reattached
+		}
 		d.mu.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

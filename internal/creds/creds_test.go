@@ -421,3 +421,30 @@ func TestUseQueuesOnTheSameVM(t *testing.T) {
 		t.Fatalf("queued Use: %v", err)
 	}
 }
+
+// TestReadyAfterAPromptKeepsItsDelivery: the ready hook can run after a
+// prompt that waited for the VM already took the credential over the same
+// link; it must not make the prompt's refreshed token look stale (which
+// skipped its sync-back and re-delivered the spent token).
+func TestReadyAfterAPromptKeepsItsDelivery(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.login("rt-1")
+	vm, ag := f.addVM()
+	release := f.use(vm)
+	if _, err := f.m.Ensure(ctx, f.owner.ID, "dev", vm); err != nil {
+		t.Fatal(err)
+	}
+	ag.write(devFile, authJSON("rt-2")) // the prompt's CLI refreshed
+	f.m.VMReady(api.VM{ID: vm, OwnerID: f.owner.ID, Kind: api.KindCLI, Purpose: api.PurposeWorkspace, State: api.VMReady}, false)
+	if file, _ := ag.file(devFile); !bytes.Contains(file.data, []byte("rt-2")) {
+		t.Fatal("the ready hook overwrote the prompt's refreshed credential")
+	}
+	if err := f.m.SyncBack(ctx, f.owner.ID, "dev", vm); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if v, rt := f.stored(); v != 2 || rt != "rt-2" {
+		t.Fatalf("stored v%d %s, want the refresh synced back as v2", v, rt)
+	}
+}

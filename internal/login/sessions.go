@@ -304,7 +304,7 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 		}
 	}
 
-	vm, err := m.vms.CreateFor(ctx, caller, api.CreateVMRequest{Kind: kind}, api.PurposeLogin)
+	vm, err := m.createLoginVM(ctx, caller, kind, log)
 	if err != nil {
 		fail(fmt.Errorf("create the login VM: %w", err))
 		return
@@ -392,6 +392,35 @@ func (m *Manager) drive(ctx context.Context, caller store.User, s store.AuthSess
 		return
 	}
 	finish(api.AuthCompleted, nil)
+}
+
+// quotaWait is how long a login waits for a browser-VM share that is
+// about to be freed: the VM of the user's previous login (cancelled,
+// failed or done) is destroyed seconds after it ended, and a user who
+// cancels and connects again at once must not get a quota error for it.
+const quotaWait = 45 * time.Second
+
+// createLoginVM creates the session's VM, waiting up to quotaWait while a
+// quota refuses it; a quota still refusing then is the user's error.
+func (m *Manager) createLoginVM(ctx context.Context, caller store.User, kind string, log *slog.Logger) (api.VM, error) {
+	deadline := time.Now().Add(quotaWait)
+	logged := false
+	for {
+		vm, err := m.vms.CreateFor(ctx, caller, api.CreateVMRequest{Kind: kind}, api.PurposeLogin)
+		e, ok := errs.As(err)
+		if err == nil || !ok || e.Kind != errs.Quota || time.Now().After(deadline) {
+			return vm, err
+		}
+		if !logged {
+			log.Info("login waits for a browser VM share to be freed", "reason", e.Msg)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return vm, err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // publicURL rewrites the dev provider's guest-side URL to the one users

@@ -113,6 +113,16 @@ func TestTransitions(t *testing.T) {
 		{api.VMDestroyed, api.VMStopped, false},
 		{api.VMDestroyed, api.VMDestroyed, false},
 		{api.VMDestroyed, api.VMFailed, false},
+		{api.VMReady, api.VMHibernating, true},
+		{api.VMHibernating, api.VMHibernated, true},
+		{api.VMHibernating, api.VMReady, true}, // a failed hibernation keeps the VM running
+		{api.VMHibernated, api.VMResuming, true},
+		{api.VMResuming, api.VMReady, true},
+		{api.VMResuming, api.VMHibernated, true}, // resume failed, snapshot intact
+		{api.VMHibernated, api.VMDestroyed, true},
+		{api.VMStopped, api.VMHibernating, false},
+		{api.VMHibernated, api.VMReady, false}, // only through a resume
+		{api.VMStopping, api.VMHibernated, false},
 	}
 	for _, c := range cases {
 		err := transition("vm_x", c.cur, c.next)

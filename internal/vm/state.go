@@ -28,13 +28,22 @@ var from = map[string][]string{
 	// Recovery after a daemon restart boots a VM recorded ready but
 	// without a hypervisor again.
 	api.VMBooting: {api.VMCreating, api.VMReady},
-	// Recovery re-attaches to a VM recorded creating or booting.
-	api.VMReady:    {api.VMCreating, api.VMBooting},
-	api.VMStopping: {api.VMCreating, api.VMBooting, api.VMReady, api.VMFailed},
+	// Recovery re-attaches to a VM recorded creating or booting; a resume
+	// ends ready, and so does a hibernation that failed (the VM keeps
+	// running) or was interrupted with its hypervisor still alive.
+	api.VMReady:    {api.VMCreating, api.VMBooting, api.VMResuming, api.VMHibernating},
+	api.VMStopping: {api.VMCreating, api.VMBooting, api.VMReady, api.VMFailed, api.VMHibernated},
 	api.VMStopped:  {api.VMStopping, api.VMFailed},
-	api.VMFailed:   {api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping},
+	api.VMFailed:   {api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping, api.VMHibernating, api.VMHibernated, api.VMResuming},
+	// Hibernation: ready → hibernating → hibernated → resuming → ready; a
+	// resume that fails, or is interrupted with its snapshot intact, leaves
+	// the VM hibernated.
+	api.VMHibernating: {api.VMReady},
+	api.VMHibernated:  {api.VMHibernating, api.VMResuming},
+	api.VMResuming:    {api.VMHibernated},
 	// Destroy may end a VM in any state.
-	api.VMDestroyed: {api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping, api.VMStopped, api.VMFailed},
+	api.VMDestroyed: {api.VMCreating, api.VMBooting, api.VMReady, api.VMStopping, api.VMStopped, api.VMFailed,
+		api.VMHibernating, api.VMHibernated, api.VMResuming},
 }
 
 // transition says whether a VM in state cur may be written with state next,

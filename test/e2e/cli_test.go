@@ -60,7 +60,7 @@ func TestCLIQuotasMetrics(t *testing.T) {
 	}
 
 	ac := client.New(h.url, alice.APIKey)
-	if _, err := ac.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindBase}); !isStatus(err, 429) || !strings.Contains(err.Error(), "limit") {
+	if _, err := ac.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindBase}); !isStatus(err, 429) || !strings.Contains(err.Error(), "max_vms_per_user is 1") || !strings.Contains(err.Error(), "0 left") {
 		t.Fatalf("second vm over the per-user quota: %v, want 429", err)
 	}
 	if _, err := h.admin.CreateVM(ctx, api.CreateVMRequest{Kind: api.KindBrowser}); !isStatus(err, 429) {

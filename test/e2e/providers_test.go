@@ -68,7 +68,9 @@ func startSession(t *testing.T, c *client.Client, provider, mode string) api.Aut
 // with state, the credential file at its real path and shape.
 func TestProviderRecipes(t *testing.T) {
 	requireVMs(t, "browser", "cli")
-	h := startDaemon(t, nil)
+	// One user drives several providers' logins here, two browser VMs at a
+	// time (the default per-user cap is one).
+	h := startDaemon(t, func(c *config.Config) { c.MaxBrowserVMsPerUser = 2 })
 	installFakeCLIs(t, h)
 	ctx := context.Background()
 	u, err := h.admin.CreateUser(ctx, api.CreateUserRequest{Name: "carol"})

@@ -149,6 +149,7 @@ type ShellRequest struct {
 
 // CodeTimeout is the error code of a wait that timed out (408).
 const CodeTimeout = "timeout"
+
 // Hibernation is the on-disk snapshot of a hibernated VM.
 type Hibernation struct {
 	// SnapshotBytes is the size of the memory and device state on disk.

@@ -91,7 +91,7 @@ func runPrompt(ctx context.Context, c *client.Client, req api.CreatePromptReques
 			case api.PromptEventTool:
 				var t api.PromptTool
 				if json.Unmarshal(e.Data, &t) == nil && !asJSON {
-					fmt.Fprintf(stderr, "[tool %s %s] %s\n", t.Phase, clean(t.Name), clean(firstLine(t.Input+t.Output)))
+					fmt.Fprintf(stderr, "[tool %s %s] %s\n", t.Phase, sanitize(t.Name, false), sanitize(firstLine(t.Input+t.Output), false))
 				}
 			case api.PromptEventUsage:
 				var u api.PromptUsage
@@ -128,7 +128,7 @@ func runPrompt(ctx context.Context, c *client.Client, req api.CreatePromptReques
 		return nil
 	}
 	if !asJSON {
-		fmt.Fprintf(stderr, "prompt failed (%s): %s\n", end.Reason, clean(end.Message))
+		fmt.Fprintf(stderr, "prompt failed (%s): %s\n", end.Reason, sanitize(end.Message, true))
 	}
 	if end.ExitCode != nil && *end.ExitCode > 0 && *end.ExitCode < 126 {
 		return exitError{*end.ExitCode}
@@ -142,16 +142,6 @@ func firstLine(s string) string {
 		s = s[:120] + "…"
 	}
 	return s
-}
-
-// clean drops terminal control sequences from text that came from a VM.
-func clean(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 {
-			return -1
-		}
-		return r
-	}, s)
 }
 
 func promptListCmd(o *rootOptions) *cobra.Command {
@@ -175,7 +165,7 @@ func promptListCmd(o *rootOptions) *cobra.Command {
 			}
 			var rows [][]string
 			for _, p := range l.Prompts {
-				rows = append(rows, []string{p.ID, p.Provider, p.State, p.VMID, ago(p.CreatedAt), clean(firstLine(p.Prompt))})
+				rows = append(rows, []string{p.ID, p.Provider, p.State, p.VMID, ago(p.CreatedAt), sanitize(firstLine(p.Prompt), false)})
 			}
 			if err := table(cmd.OutOrStdout(), "ID\tPROVIDER\tSTATE\tVM\tCREATED\tPROMPT", rows); err != nil {
 				return err
@@ -214,12 +204,12 @@ func promptShowCmd(o *rootOptions) *cobra.Command {
 				fmt.Fprintf(w, "exit code: %d\n", *p.ExitCode)
 			}
 			if p.Error != "" {
-				fmt.Fprintf(w, "error:     %s (%s)\n", clean(p.Error), p.Reason)
+				fmt.Fprintf(w, "error:     %s (%s)\n", sanitize(p.Error, true), p.Reason)
 			}
 			if p.Usage != nil {
 				fmt.Fprintf(w, "usage:     input %d, output %d tokens\n", p.Usage.InputTokens, p.Usage.OutputTokens)
 			}
-			fmt.Fprintf(w, "prompt:    %s\n", clean(firstLine(p.Prompt)))
+			fmt.Fprintf(w, "prompt:    %s\n", sanitize(firstLine(p.Prompt), true))
 			return nil
 		},
 	}

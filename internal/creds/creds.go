@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"path"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -708,17 +707,4 @@ func (m *Manager) syncIdle() {
 			m.log.Warn("periodic credential sync-back", "vm_id", l.VMID, "provider", l.Provider, "err", err)
 		}
 	}
-}
-
-// Holds lists the providers whose leases vmID holds.
-func (m *Manager) Holds(ctx context.Context, owner, vmID string) []string {
-	ls, _ := m.store.ListLeases(ctx, owner)
-	var out []string
-	for _, l := range ls {
-		if l.VMID == vmID {
-			out = append(out, l.Provider)
-		}
-	}
-	slices.Sort(out)
-	return out
 }

@@ -89,6 +89,10 @@ func (d *Driver) Input(text string) error {
 // ansiRE matches terminal escape sequences (CSI, OSC, and two-byte ESC).
 var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]`)
 
+// StripANSI removes terminal escape sequences from CLI output (the prompt
+// runner classifies failures by what a CLI printed, as logins do).
+func StripANSI(s string) string { return ansiRE.ReplaceAllString(s, "") }
+
 // output collects the CLI's output and wakes the driver on every write.
 type output struct {
 	mu   sync.Mutex // guards buf

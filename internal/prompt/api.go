@@ -6,11 +6,11 @@ import (
 	"errors"
 	"io"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/hangar-vm/hangar/internal/errs"
+	"github.com/hangar-vm/hangar/internal/login"
 	"github.com/hangar-vm/hangar/internal/store"
 	"github.com/hangar-vm/hangar/pkg/api"
 )
@@ -215,14 +215,10 @@ func (s *Service) Close() {
 	s.wg.Wait()
 }
 
-var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]`)
-
-func stripANSI(s string) string { return ansiRE.ReplaceAllString(s, "") }
-
 // sanitize removes terminal escapes and control characters from CLI text
 // quoted in messages.
 func sanitize(s string) string {
-	s = stripANSI(s)
+	s = login.StripANSI(s)
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 && r != '\t' || r == 0x7f {
 			return -1

@@ -376,7 +376,7 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 		if early != "" {
 			return
 		}
-		if kind := cmd.EarlyFailure(stripANSI(string(line))); kind != "" {
+		if kind := cmd.EarlyFailure(login.StripANSI(string(line))); kind != "" {
 			early = kind
 			log.Info("the CLI's output shows it cannot succeed; stopping it", "kind", kind)
 			_ = sess.Signal(syscall.SIGTERM)
@@ -432,7 +432,7 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	if result != nil && result.Message != "" {
 		detail = result.Message
 	}
-	all := stripANSI(outTail.String() + "\n" + errTail.String() + "\n" + detail)
+	all := login.StripANSI(outTail.String() + "\n" + errTail.String() + "\n" + detail)
 	kind := early
 	if kind == "" {
 		kind = cmd.Classify(all)

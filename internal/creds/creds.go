@@ -29,6 +29,8 @@ import (
 // Agent is what the manager needs of a VM's agent link (agentlink.Client).
 type Agent interface {
 	PutFile(ctx context.Context, req agentlink.PutFileRequest, content io.Reader) (proto.FileStat, error)
+	// GetFile copies at most maxBytes; the host enforces it (agentlink
+	// stops at maxBytes+1 whatever the guest sends).
 	GetFile(ctx context.Context, path string, maxBytes int64, w io.Writer) (proto.FileStat, error)
 	Exec(ctx context.Context, req proto.ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (int, error)
 	Reverse(ctx context.Context, listen, name string, h agentlink.ReverseHandler) error
@@ -454,7 +456,7 @@ func (m *Manager) syncBackLocked(ctx context.Context, owner, provider, vmID stri
 	got := map[string][]byte{}
 	for _, f := range r.Credentials {
 		var b bytes.Buffer
-		if _, err := ag.GetFile(ctx, f.Path, maxFileBytes, &limitWriter{w: &b, n: maxFileBytes}); err != nil {
+		if _, err := ag.GetFile(ctx, f.Path, maxFileBytes, &b); err != nil {
 			var pe *proto.Error
 			if errors.As(err, &pe) && pe.Status == http.StatusNotFound {
 				if f.Required {
@@ -508,21 +510,6 @@ func (m *Manager) syncBackLocked(ctx context.Context, owner, provider, vmID stri
 	m.log.Info("refreshed credentials synced back and re-sealed", "user_id", owner, "provider", provider, "vm_id", vmID, "version", stored2.Version)
 	m.publish(owner, "credential_refreshed", provider, map[string]any{"provider": provider, "version": stored2.Version, "vm_id": vmID})
 	return true, nil
-}
-
-// limitWriter fails writes beyond n bytes: the host, not the guest, bounds
-// what it reads.
-type limitWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (l *limitWriter) Write(p []byte) (int, error) {
-	if int64(len(p)) > l.n {
-		return 0, errors.New("credential file is larger than the limit")
-	}
-	l.n -= int64(len(p))
-	return l.w.Write(p)
 }
 
 func (m *Manager) publish(owner, typ, subject string, data any) {

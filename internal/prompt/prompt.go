@@ -66,7 +66,20 @@ const (
 	maxLineBytes   = 1 << 20
 	maxRawLogBytes = 8 << 20
 	cancelGrace    = 5 * time.Second
-	stderrKeep     = 16 << 10
+	// ensureTimeout bounds taking the lease and delivering the files (a
+	// hand-over syncs another VM back first).
+	ensureTimeout = 2 * time.Minute
+	// streamGrace is how long past its timeout a CLI's stream may stay
+	// open: the agent kills the command at the timeout; if the guest does
+	// not end the stream by then, the host closes it.
+	streamGrace = 30 * time.Second
+	stderrKeep  = 16 << 10
+	// maxStoredBytes and maxStoredEvents bound what one prompt's CLI (code
+	// in the guest) can make the daemon store: past them the stream says
+	// it was cut and further output is dropped (the raw log keeps its own
+	// first maxRawLogBytes).
+	maxStoredBytes  = 8 << 20
+	maxStoredEvents = 50000
 )
 
 // Service runs prompts. Safe for concurrent use.
@@ -288,7 +301,9 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 		return fail(api.ReasonCancelled, "the prompt ended while waiting for the %s credentials", r.DisplayName)
 	}
 	defer release()
-	secrets, err := s.creds.Ensure(ctx, p.OwnerID, p.Provider, p.VMID)
+	ectx, ecancel := context.WithTimeout(ctx, ensureTimeout)
+	secrets, err := s.creds.Ensure(ectx, p.OwnerID, p.Provider, p.VMID)
+	ecancel()
 	if errors.Is(err, creds.ErrNotConnected) {
 		return fail(api.ReasonNotConnected, "you have not connected %s (or logged out): log in with hangar auth login %s", r.DisplayName, r.Name)
 	}
@@ -355,6 +370,11 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	}
 	// Cancelling sends SIGTERM to the CLI's process group, then closes the
 	// stream, which makes the agent SIGKILL the group.
+	hostStop := time.AfterFunc(timeout+streamGrace, func() {
+		log.Warn("the CLI's stream outlived its timeout; closing it on the host", "timeout", timeout)
+		sess.Close()
+	})
+	defer hostStop.Stop()
 	stopCancel := context.AfterFunc(ctx, func() {
 		_ = sess.Signal(syscall.SIGTERM)
 		time.AfterFunc(cancelGrace, func() { sess.Close() })
@@ -369,6 +389,22 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 	}
 	var result *cliout.Event
 	var outTail tailBuffer
+	storedBytes, storedEvents, cut := 0, 0, false
+	// stream stores one parsed event unless the prompt's budget is spent.
+	stream := func(typ string, data any, size int) {
+		if cut {
+			return
+		}
+		if storedBytes+size > maxStoredBytes || storedEvents >= maxStoredEvents {
+			cut = true
+			log.Warn("prompt output over its storage bound; the rest is dropped", "bytes", storedBytes, "events", storedEvents)
+			s.appendEvent(log, p.ID, api.PromptEventOutput, api.PromptOutput{Text: fmt.Sprintf("\n[hangar: output cut after %d MiB / %d events; the rest was not stored]\n", maxStoredBytes>>20, maxStoredEvents)})
+			return
+		}
+		storedBytes += size
+		storedEvents++
+		s.appendEvent(log, p.ID, typ, data)
+	}
 	// early is set when a line shows the CLI will not succeed (a recipe's
 	// early failure pattern): the CLI is stopped at once.
 	var early string
@@ -391,18 +427,18 @@ func (s *Service) runCLI(ctx context.Context, log *slog.Logger, caller store.Use
 			switch ev.Type {
 			case "output":
 				outTail.Write([]byte(ev.Text))
-				s.appendEvent(log, p.ID, api.PromptEventOutput, api.PromptOutput{Text: red.apply(ev.Text)})
+				stream(api.PromptEventOutput, api.PromptOutput{Text: red.apply(ev.Text)}, len(ev.Text))
 			case "tool":
 				if ev.Tool != nil {
 					t := *ev.Tool
 					t.Input, t.Output = red.apply(t.Input), red.apply(t.Output)
-					s.appendEvent(log, p.ID, api.PromptEventTool, api.PromptTool{Name: t.Name, ID: t.ID, Phase: t.Phase, Input: t.Input, Output: t.Output, Status: t.Status})
+					stream(api.PromptEventTool, api.PromptTool{Name: t.Name, ID: t.ID, Phase: t.Phase, Input: t.Input, Output: t.Output, Status: t.Status}, len(t.Name)+len(t.Input)+len(t.Output))
 				}
 			case "usage":
 				if ev.Usage != nil {
 					u := api.PromptUsage{InputTokens: ev.Usage.InputTokens, OutputTokens: ev.Usage.OutputTokens, CachedTokens: ev.Usage.CachedTokens, CostUSD: ev.Usage.CostUSD}
 					*usage = &u
-					s.appendEvent(log, p.ID, api.PromptEventUsage, u)
+					stream(api.PromptEventUsage, u, 64)
 				}
 			case "result":
 				e := ev

@@ -162,4 +162,16 @@ func TestRealCLIsWithDeliveredCredentials(t *testing.T) {
 		}
 		t.Logf("fake %s: events %s, tools %v, usage %+v", tc.provider, r.types(), tools, *p.Usage)
 	}
+
+	// A CLI (code in the guest) that floods its output cannot make the
+	// daemon store it all: past the bound the stream says it was cut.
+	flood := "#!/bin/sh\nhead -c 12000000 /dev/zero | tr '\\000' a | fold -w 1000\n"
+	if err := h.admin.PutFile(ctx, vm.ID, "/usr/local/bin/claude", 0o755, strings.NewReader(flood)); err != nil {
+		t.Fatal(err)
+	}
+	r = runPromptSSE(t, c, api.CreatePromptRequest{Provider: "claude", Prompt: "flood", VMID: vm.ID, TimeoutS: 120}, 4*time.Minute)
+	if r.final != api.PromptEventCompleted || !strings.Contains(r.text, "[hangar: output cut after 8 MiB") || len(r.text) > 8<<20+4096 {
+		t.Fatalf("flooding CLI: %s %+v, %d bytes of output stored (cut marker present: %v)", r.final, r.end, len(r.text), strings.Contains(r.text, "output cut"))
+	}
+	t.Logf("flooding CLI: %d bytes stored of 12 MB printed, in %d events", len(r.text), len(r.events))
 }
